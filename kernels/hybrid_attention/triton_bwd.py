@@ -1,0 +1,212 @@
+"""Backward kernels of the chunked hybrid attention (Triton).
+
+With y_i = sum_j W_ij v_j / den_i, W_ij = gamma e^{s_ij - c_i} [window] + e^{-c_i} qf_i.kf_j
+[linear] and c_i a constant (the output does not depend on it):
+
+    dW_ij = (do_i . v_j - delta_i) / den_i,        delta_i = do_i . y_i
+    dv_j  = sum_i W_ij / den_i do_i
+    ds_ij = dW_ij gamma e^{s_ij - c_i}  ->  dq_i = scale sum_j ds_ij k_j, dk_j = scale sum_i ds_ij q_i
+    dp_ij = dW_ij e^{-c_i}              ->  dqf_i = sum_j dp_ij kf_j,     dkf_j = sum_i dp_ij qf_i
+    dgamma_h = sum_ij dW_ij e^{s_ij - c_i}
+
+Near key blocks are rebuilt tile by tile as in the forward; the far (state) part uses the
+forward states h, z for dqf and the reverse states dh, dz for dkf, dv (`triton_state.py`).
+Two kernels, no atomics: `_bwd_dq_kernel` per query block (dq, dqf, dgamma partials) and
+`_bwd_dkv_kernel` per key block of a K/V head, which loops over the query heads of its GQA
+group (dk, dv summed over the group; dkf over the query heads sharing a feature head).
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    o_i, o_d = i_n * BT + tl.arange(0, BT), tl.arange(0, BD)
+    m = (o_i < T)[:, None] & (o_d < D)[None, :]
+    p = i_bh.to(tl.int64) * T * D + o_i[:, None] * D + o_d[None, :]
+    b_o = tl.load(o + p, mask=m, other=0).to(tl.float32)
+    b_do = tl.load(do + p, mask=m, other=0).to(tl.float32)
+    tl.store(delta + i_bh.to(tl.int64) * T + o_i, tl.sum(b_o * b_do, 1), mask=o_i < T)
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta, dq, dqf, dg,
+    scale, T, N, W, DELTA, H, HKV, HK,
+    D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hv = i_b * HKV + i_h // (H // HKV)
+    i_hk = i_b * HK + i_h // (H // HK)
+    k += i_hv.to(tl.int64) * T * D
+    v += i_hv.to(tl.int64) * T * D
+    kf += i_hk.to(tl.int64) * T * F
+
+    o_i = i_n * BT + tl.arange(0, BT)
+    o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
+    m_i, m_d, m_f = o_i < T, o_d < D, o_f < F
+    p_qd = i_bh.to(tl.int64) * T * D + o_i[:, None] * D + o_d[None, :]
+    p_qf = i_bh.to(tl.int64) * T * F + o_i[:, None] * F + o_f[None, :]
+    p_row = i_bh.to(tl.int64) * T + o_i
+    m_qd, m_qf = m_i[:, None] & m_d[None, :], m_i[:, None] & m_f[None, :]
+    b_q = tl.load(q + p_qd, mask=m_qd, other=0)
+    b_do = tl.load(do + p_qd, mask=m_qd, other=0)
+    b_c = tl.load(cs + p_row, mask=m_i, other=0)
+    b_inv = tl.load(inv_den + p_row, mask=m_i, other=0)
+    b_delta = tl.load(delta + p_row, mask=m_i, other=0)
+    b_e = tl.exp(-b_c)
+    b_g = tl.load(gamma + i_h).to(tl.float32)
+
+    b_dq = tl.zeros([BT, BD], dtype=tl.float32)
+    b_dqf = tl.zeros([BT, BF], dtype=tl.float32)
+    b_dg = tl.zeros([BT], dtype=tl.float32)
+    if LINEAR:
+        b_qf = tl.load(qf + p_qf, mask=m_qf, other=0)
+        p_state = i_hk.to(tl.int64) * N + i_n
+        b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
+                      mask=m_f[:, None] & m_d[None, :], other=0)
+        b_z = tl.load(z + p_state * F + o_f, mask=m_f, other=0)
+        b_u = b_e * b_inv
+        b_dqf += tl.dot((b_do * b_u[:, None]).to(b_h.dtype), tl.trans(b_h))
+        b_dqf -= (b_u * b_delta)[:, None] * b_z[None, :]
+
+    for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
+        o_j = j * BT + tl.arange(0, BT)
+        m_j = o_j < T
+        if HAS_VALID:
+            m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=m_j, other=0) != 0
+        b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
+        b_v = tl.load(v + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
+        diff = o_i[:, None] - o_j[None, :]
+        win = (diff >= 0) & (diff < W) & m_j[None, :]
+        b_ew = tl.where(win, tl.exp(tl.dot(b_q, tl.trans(b_k)) * scale - b_c[:, None]), 0.0)
+        b_dw = (tl.dot(b_do, tl.trans(b_v.to(b_do.dtype))) - b_delta[:, None]) * b_inv[:, None]
+        b_dg += tl.sum(b_dw * b_ew, 1)
+        b_dq += tl.dot((b_dw * b_ew * b_g).to(b_k.dtype), b_k)
+        if LINEAR:
+            b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
+            lin = (diff >= W) & m_j[None, :]
+            b_dp = tl.where(lin, b_dw * b_e[:, None], 0.0)
+            b_dqf += tl.dot(b_dp.to(b_kf.dtype), b_kf)
+
+    tl.store(dq + p_qd, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
+    if LINEAR:
+        tl.store(dqf + p_qf, b_dqf.to(dqf.dtype.element_ty), mask=m_qf)
+    tl.store(dg + i_bh.to(tl.int64) * N + i_n, tl.sum(b_dg, 0))
+
+
+@triton.jit
+def _bwd_dkv_kernel(
+    q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta, dk, dv, dkf,
+    scale, T, N, W, DELTA, H, HKV, HK,
+    D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    i_c, i_bg = tl.program_id(0), tl.program_id(1)
+    i_b, i_g = i_bg // HKV, i_bg % HKV
+    RK, RQ = HK // HKV, H // HK
+
+    o_j = i_c * BT + tl.arange(0, BT)
+    o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
+    m_j, m_d, m_f = o_j < T, o_d < D, o_f < F
+    if HAS_VALID:
+        m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=o_j < T, other=0) != 0
+    p_kd = i_bg.to(tl.int64) * T * D + o_j[:, None] * D + o_d[None, :]
+    m_kd, m_kf = (o_j < T)[:, None] & m_d[None, :], (o_j < T)[:, None] & m_f[None, :]
+    b_k = tl.load(k + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
+    b_v = tl.load(v + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
+    b_dk = tl.zeros([BT, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BT, BD], dtype=tl.float32)
+
+    for rk in range(0, RK):
+        i_hk = (i_b * HK + i_g * RK + rk).to(tl.int64)
+        b_dkf = tl.zeros([BT, BF], dtype=tl.float32)
+        if LINEAR:
+            p_kf = i_hk * T * F + o_j[:, None] * F + o_f[None, :]
+            b_kf = tl.load(kf + p_kf, mask=m_j[:, None] & m_f[None, :], other=0)
+            p_state = i_hk * N + i_c
+            b_dh = tl.load(dh + p_state * F * D + o_f[:, None] * D + o_d[None, :],
+                           mask=m_f[:, None] & m_d[None, :], other=0)
+            b_dz = tl.load(dz + p_state * F + o_f, mask=m_f, other=0)
+            b_dv += tl.dot(b_kf, b_dh.to(b_kf.dtype))
+            b_dkf += tl.dot(b_v.to(b_dh.dtype), tl.trans(b_dh)) - b_dz[None, :]
+        for rq in range(0, RQ):
+            i_h = i_g * RK * RQ + rk * RQ + rq
+            i_bh = (i_b * H + i_h).to(tl.int64)
+            b_g = tl.load(gamma + i_h).to(tl.float32)
+            for n in range(i_c, tl.minimum(i_c + DELTA, N - 1) + 1):
+                o_i = n * BT + tl.arange(0, BT)
+                m_i = o_i < T
+                p_qd = i_bh * T * D + o_i[:, None] * D + o_d[None, :]
+                p_row = i_bh * T + o_i
+                b_q = tl.load(q + p_qd, mask=m_i[:, None] & m_d[None, :], other=0)
+                b_do = tl.load(do + p_qd, mask=m_i[:, None] & m_d[None, :], other=0)
+                b_c = tl.load(cs + p_row, mask=m_i, other=0)
+                b_inv = tl.load(inv_den + p_row, mask=m_i, other=0)
+                b_delta = tl.load(delta + p_row, mask=m_i, other=0)
+                # tiles are transposed: rows are keys j, columns queries i
+                diff = o_i[None, :] - o_j[:, None]
+                win = (diff >= 0) & (diff < W) & m_j[:, None]
+                b_ew = tl.where(win, tl.exp(tl.dot(b_k, tl.trans(b_q)) * scale - b_c[None, :]), 0.0)
+                b_w = b_g * b_ew
+                if LINEAR:
+                    b_qf = tl.load(qf + i_bh * T * F + o_i[:, None] * F + o_f[None, :],
+                                   mask=m_i[:, None] & m_f[None, :], other=0)
+                    lin = (diff >= W) & m_j[:, None]
+                    b_e = tl.exp(-b_c)
+                    b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
+                b_dv += tl.dot((b_w * b_inv[None, :]).to(b_do.dtype), b_do)
+                b_dw = (tl.dot(b_v.to(b_do.dtype), tl.trans(b_do)) - b_delta[None, :]) * b_inv[None, :]
+                b_dk += tl.dot((b_dw * b_g * b_ew).to(b_q.dtype), b_q)
+                if LINEAR:
+                    b_dp = tl.where(lin, b_dw * b_e[None, :], 0.0)
+                    b_dkf += tl.dot(b_dp.to(b_qf.dtype), b_qf)
+        if LINEAR:
+            b_dkf = tl.where(m_j[:, None], b_dkf, 0.0)
+            tl.store(dkf + i_hk * T * F + o_j[:, None] * F + o_f[None, :],
+                     b_dkf.to(dkf.dtype.element_ty), mask=m_kf)
+    tl.store(dk + p_kd, (b_dk * scale).to(dk.dtype.element_ty), mask=m_kd)
+    tl.store(dv + p_kd, b_dv.to(dv.dtype.element_ty), mask=m_kd)
+
+
+def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states, window: int,
+                  linear: bool, scale: float, delta: int, chunk: int,
+                  num_warps: int = 4, num_stages: int = 2):
+    """Gradients of the hybrid attention.
+
+    Args:
+        q, k, v, qf, kf, gamma, key_valid: as for `attention_fwd`; o, do: (B, H, T, D);
+        cs, inv_den: (B, H, T) saved by the forward.
+        states: callable(delta_rows) -> (h, z, dh, dz), the forward and reverse states
+            (any tensors when not linear).
+    Returns:
+        dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
+    """
+    B, H, T, D = q.shape
+    Hkv, Hk, F = k.shape[1], kf.shape[1], qf.shape[-1]
+    N = triton.cdiv(T, chunk)
+    BD, BF = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(F))
+    delta_rows = torch.empty_like(cs)
+    _bwd_preprocess_kernel[(N, B * H)](o, do, delta_rows, T, D=D, BT=chunk, BD=BD)
+    h, z, dh, dz = states(delta_rows)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    dqf = torch.empty_like(qf) if linear else None
+    dkf = torch.empty_like(kf) if linear else None
+    dg = q.new_empty(B, H, N, dtype=torch.float32)
+    valid = key_valid if key_valid is not None else q
+    consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
+                  num_warps=num_warps, num_stages=num_stages)
+    _bwd_dq_kernel[(N, B * H)](
+        q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta_rows, dq,
+        dqf if linear else dq, dg, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+    )
+    _bwd_dkv_kernel[(N, B * Hkv)](
+        q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
+        dkf if linear else dk, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+    )
+    return dq, dk, dv, dqf, dkf, dg.sum((0, 2))

@@ -1,0 +1,85 @@
+"""Autograd entry point of the Triton hybrid attention (same API as `naive.py`)."""
+
+import torch
+import triton
+
+from .triton_bwd import attention_bwd
+from .triton_fwd import attention_fwd
+from .triton_state import state_bwd, state_fwd
+
+
+def default_chunk(D: int, F: int) -> int:
+    """Query/key block length BT: 64, or 32 when a head or feature dimension exceeds 128."""
+    return 64 if max(D, F) <= 128 else 32
+
+
+def window_blocks(window: int, chunk: int) -> int:
+    """delta = ceil((w - 1) / BT): earlier key blocks a query block's window reaches."""
+    return max(0, triton.cdiv(window - 1, chunk))
+
+
+class HybridAttentionFunction(torch.autograd.Function):
+    """Fused hybrid attention; saves the inputs, the output and two fp32 numbers per row."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, qf, kf, gamma, window, linear, scale, key_valid, chunk):
+        q, k, v, qf, kf = (x.contiguous() for x in (q, k, v, qf, kf))
+        g = gamma.detach().float().contiguous()
+        valid = None if key_valid is None else key_valid.to(torch.int8).contiguous()
+        delta = window_blocks(window, chunk)
+        h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk) if linear else (q, q)
+        o, cs, inv_den = attention_fwd(q, k, v, qf, kf, g, h, z, valid, window, linear, scale, delta, chunk)
+        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den)
+        ctx.cfg = (window, linear, scale, delta, chunk, gamma.dtype)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, qf, kf, g, valid, o, cs, inv_den = ctx.saved_tensors
+        window, linear, scale, delta, chunk, gamma_dtype = ctx.cfg
+        do = do.contiguous()
+
+        def states(delta_rows):
+            if not linear:
+                return q, q, q, q
+            h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk)
+            dh, dz = state_bwd(qf, do, cs, inv_den, delta_rows, kf.shape[1], delta, chunk)
+            return h, z, dh, dz
+
+        dq, dk, dv, dqf, dkf, dg = attention_bwd(
+            q, k, v, qf, kf, g, o, do, cs, inv_den, valid, states, window, linear, scale, delta, chunk
+        )
+        return dq, dk, dv, dqf, dkf, dg.to(gamma_dtype), None, None, None, None, None
+
+
+def hybrid_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    gamma: torch.Tensor,
+    window: int,
+    linear: bool = True,
+    scale: float | None = None,
+    key_valid: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Hybrid attention through the fused Triton kernels; arguments as `hybrid_attention_naive`.
+
+    Shapes: q (B, H, T, D), k, v (B, Hkv, T, D), qf (B, H, T, F), kf (B, Hk, T, F) with
+    Hkv | Hk | H; D, F <= 256; q, k, v of one dtype and qf, kf of one dtype (fp16, bf16 or
+    fp32). `dispatch.hybrid_attention` checks these and falls back otherwise.
+
+    Args:
+        chunk_size: block length BT (a power of two >= 16), default `default_chunk(D, F)`.
+    Returns:
+        (B, H, T, D) in q's dtype.
+    """
+    D, F = q.shape[-1], qf.shape[-1]
+    scale = D**-0.5 if scale is None else scale
+    chunk = chunk_size or default_chunk(D, F)
+    if q.shape[2] == 0:
+        return torch.empty_like(q)
+    return HybridAttentionFunction.apply(q, k, v, qf, kf, gamma, int(window), bool(linear), float(scale),
+                                         key_valid, chunk)

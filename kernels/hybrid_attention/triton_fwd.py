@@ -1,0 +1,107 @@
+"""Forward kernel of the chunked hybrid attention (Triton).
+
+One program per (query block n of BT tokens, batch x query head). It starts from the
+linear state of the far chunks (`triton_state.py`), then walks the key blocks
+n - delta .. n that hold the window, splitting each score tile by absolute position into
+window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the reference is
+kept as a running max that starts at 0: when it grows, the accumulated numerator and
+denominator (linear parts included) are rescaled, so at the end both carry exactly exp(-c_i).
+
+Saved for backward: c_i and 1 / den_i per row (fp32), which is all the backward needs to
+rebuild every weight.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _fwd_kernel(
+    q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den,
+    scale, T, N, W, DELTA, H, HKV, HK,
+    D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
+):
+    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    i_hv = i_b * HKV + i_h // (H // HKV)
+    i_hk = i_b * HK + i_h // (H // HK)
+    q += i_bh.to(tl.int64) * T * D
+    o += i_bh.to(tl.int64) * T * D
+    qf += i_bh.to(tl.int64) * T * F
+    k += i_hv.to(tl.int64) * T * D
+    v += i_hv.to(tl.int64) * T * D
+    kf += i_hk.to(tl.int64) * T * F
+
+    o_i = i_n * BT + tl.arange(0, BT)
+    o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
+    m_i, m_d, m_f = o_i < T, o_d < D, o_f < F
+    b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0)
+    b_g = tl.load(gamma + i_h).to(tl.float32)
+
+    b_m = tl.zeros([BT], dtype=tl.float32)
+    b_acc = tl.zeros([BT, BD], dtype=tl.float32)
+    b_den = tl.zeros([BT], dtype=tl.float32)
+    if LINEAR:
+        b_qf = tl.load(qf + o_i[:, None] * F + o_f[None, :], mask=m_i[:, None] & m_f[None, :], other=0)
+        p_state = i_hk.to(tl.int64) * N + i_n
+        b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
+                      mask=m_f[:, None] & m_d[None, :], other=0)
+        b_z = tl.load(z + p_state * F + o_f, mask=m_f, other=0)
+        b_acc += tl.dot(b_qf, b_h.to(b_qf.dtype))
+        b_den += tl.sum(b_qf.to(tl.float32) * b_z[None, :], 1)
+
+    for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
+        o_j = j * BT + tl.arange(0, BT)
+        m_j = o_j < T
+        if HAS_VALID:
+            m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=m_j, other=0) != 0
+        b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
+        b_v = tl.load(v + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
+        diff = o_i[:, None] - o_j[None, :]
+        win = (diff >= 0) & (diff < W) & m_j[None, :]
+        b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
+        b_mn = tl.maximum(b_m, tl.max(b_s, 1))
+        b_w = b_g * tl.exp(b_s - b_mn[:, None])
+        if LINEAR:
+            b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
+            lin = (diff >= W) & m_j[None, :]
+            b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
+            b_w += b_p * tl.exp(-b_mn)[:, None]
+        b_alpha = tl.exp(b_m - b_mn)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_v.dtype), b_v)
+        b_den = b_den * b_alpha + tl.sum(b_w, 1)
+        b_m = b_mn
+
+    b_inv = tl.where(b_den > 0, 1.0 / tl.where(b_den > 0, b_den, 1.0), 0.0)
+    tl.store(o + o_i[:, None] * D + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
+             mask=m_i[:, None] & m_d[None, :])
+    tl.store(cs + i_bh.to(tl.int64) * T + o_i, b_m, mask=m_i)
+    tl.store(inv_den + i_bh.to(tl.int64) * T + o_i, b_inv, mask=m_i)
+
+
+def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,
+                  scale: float, delta: int, chunk: int, num_warps: int = 4, num_stages: int = 2):
+    """Launch the forward kernel.
+
+    Args:
+        q: (B, H, T, D), k, v: (B, Hkv, T, D), qf: (B, H, T, F), kf: (B, Hk, T, F), all
+            contiguous; gamma: (H,) fp32; h: (B, Hk, N, F, D), z: (B, Hk, N, F) from
+            `state_fwd` (any tensors when not linear); key_valid: (B, T) int8 or None.
+    Returns:
+        o: (B, H, T, D) in q's dtype; cs, inv_den: (B, H, T) fp32.
+    """
+    B, H, T, D = q.shape
+    F = qf.shape[-1]
+    N = triton.cdiv(T, chunk)
+    o = torch.empty_like(q)
+    cs = q.new_empty(B, H, T, dtype=torch.float32)
+    inv_den = torch.empty_like(cs)
+    _fwd_kernel[(N, B * H)](
+        q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den,
+        scale, T, N, window, delta, H, k.shape[1], kf.shape[1],
+        D=D, F=F, BT=chunk, BD=max(16, triton.next_power_of_2(D)), BF=max(16, triton.next_power_of_2(F)),
+        LINEAR=linear, HAS_VALID=key_valid is not None, num_warps=num_warps, num_stages=num_stages,
+    )
+    return o, cs, inv_den

@@ -1,0 +1,145 @@
+"""Linear-attention states of the chunked hybrid attention (Triton).
+
+Queries are cut into blocks of BT tokens. Query block n reads every key of chunks
+c < n - delta through a state, where delta = ceil((w - 1) / BT) is the number of earlier
+chunks the sliding window can reach (0 when w <= 1); chunks n - delta .. n are handled
+explicitly by the attention kernels. Every key of a state chunk is older than the window for
+every query of block n, so it is a pure linear-attention key.
+
+Forward:  h[n] = sum_{j in chunks < n - delta} kf_j v_j^T   (F x D),  z[n] = sum kf_j  (F)
+Backward: dh[c] = sum_{i in blocks > c + delta} qf_i g_i^T  (F x D), dz[c] = sum r_i qf_i (F)
+with g_i = u_i do_i, r_i = u_i (do_i . y_i), u_i = exp(-c_i) / den_i; the reverse state
+carries the gradient of every far query back to key chunk c.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _state_fwd_kernel(
+    kf, v, valid, h, z, T, N, DELTA, HK, RK,
+    F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_VALID: tl.constexpr,
+):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_hk = i_bh // HK, i_bh % HK
+    HKV = HK // RK
+    kf += (i_b * HK + i_hk).to(tl.int64) * T * F
+    v += (i_b * HKV + i_hk // RK).to(tl.int64) * T * D
+    h += i_bh.to(tl.int64) * N * F * D
+    z += i_bh.to(tl.int64) * N * F
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < F, o_v < D
+    p_h = o_k[:, None] * D + o_v[None, :]
+    m_h = m_k[:, None] & m_v[None, :]
+
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    b_z = tl.zeros([BK], dtype=tl.float32)
+    for n in range(0, tl.minimum(DELTA + 1, N)):
+        tl.store(h + n * F * D + p_h, b_h.to(h.dtype.element_ty), mask=m_h)
+        if i_v == 0:
+            tl.store(z + n * F + o_k, b_z, mask=m_k)
+    for n in range(DELTA + 1, N):
+        o_t = (n - DELTA - 1) * BT + tl.arange(0, BT)
+        m_t = o_t < T
+        if HAS_VALID:
+            m_t &= tl.load(valid + i_b.to(tl.int64) * T + o_t, mask=m_t, other=0) != 0
+        b_kf = tl.load(kf + o_t[:, None] * F + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_v = tl.load(v + o_t[:, None] * D + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        b_h += tl.dot(tl.trans(b_kf), b_v.to(b_kf.dtype))
+        b_z += tl.sum(b_kf.to(tl.float32), 0)
+        tl.store(h + n * F * D + p_h, b_h.to(h.dtype.element_ty), mask=m_h)
+        if i_v == 0:
+            tl.store(z + n * F + o_k, b_z, mask=m_k)
+
+
+@triton.jit
+def _state_bwd_kernel(
+    qf, do, cs, inv_den, delta, dh, dz, T, N, DELTA, HK, RQ,
+    F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+):
+    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_b, i_hk = i_bh // HK, i_bh % HK
+    H = HK * RQ
+    dh += i_bh.to(tl.int64) * N * F * D
+    dz += i_bh.to(tl.int64) * N * F
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < F, o_v < D
+    p_h = o_k[:, None] * D + o_v[None, :]
+    m_h = m_k[:, None] & m_v[None, :]
+
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dz = tl.zeros([BK], dtype=tl.float32)
+    for i in range(0, N):
+        c = N - 1 - i
+        tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
+        if i_v == 0:
+            tl.store(dz + c * F + o_k, b_dz, mask=m_k)
+        if c + DELTA < N:  # query block c + delta joins the far queries of chunks < c
+            o_t = (c + DELTA) * BT + tl.arange(0, BT)
+            m_t = o_t < T
+            for r in range(0, RQ):
+                i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
+                b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
+                               mask=m_t[:, None] & m_k[None, :], other=0)
+                b_do = tl.load(do + i_h * T * D + o_t[:, None] * D + o_v[None, :],
+                               mask=m_t[:, None] & m_v[None, :], other=0)
+                b_c = tl.load(cs + i_h * T + o_t, mask=m_t, other=0)
+                b_u = tl.exp(-b_c) * tl.load(inv_den + i_h * T + o_t, mask=m_t, other=0)
+                b_r = b_u * tl.load(delta + i_h * T + o_t, mask=m_t, other=0)
+                b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
+                b_dz += tl.sum(b_qf.to(tl.float32) * b_r[:, None], 0)
+
+
+def _blocks(F: int, D: int) -> tuple[int, int]:
+    """Tile of the F x D state handled by one program."""
+    return (min(64, max(16, triton.next_power_of_2(F))), min(64, max(16, triton.next_power_of_2(D))))
+
+
+def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int):
+    """Prefix states per query block.
+
+    Args:
+        kf: (B, Hk, T, F) contiguous; v: (B, Hkv, T, D) contiguous, Hk a multiple of Hkv.
+        key_valid: (B, T) int8 or None.
+    Returns:
+        h: (B, Hk, N, F, D) in kf's dtype; z: (B, Hk, N, F) fp32.
+    """
+    B, Hk, T, F = kf.shape
+    D = v.shape[-1]
+    N = triton.cdiv(T, chunk)
+    h = kf.new_empty(B, Hk, N, F, D)
+    z = kf.new_empty(B, Hk, N, F, dtype=torch.float32)
+    BK, BV = _blocks(F, D)
+    grid = (triton.cdiv(F, BK), triton.cdiv(D, BV), B * Hk)
+    _state_fwd_kernel[grid](
+        kf, v, key_valid if key_valid is not None else kf, h, z, T, N, delta, Hk, Hk // num_heads_v,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, num_warps=4,
+    )
+    return h, z
+
+
+def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chunk: int):
+    """Reverse states per key chunk.
+
+    Args:
+        qf: (B, H, T, F); do: (B, H, T, D); cs, inv_den, delta_rows: (B, H, T) fp32.
+    Returns:
+        dh: (B, Hk, N, F, D) in qf's dtype; dz: (B, Hk, N, F) fp32.
+    """
+    B, H, T, F = qf.shape
+    D = do.shape[-1]
+    N = triton.cdiv(T, chunk)
+    dh = qf.new_empty(B, num_heads_k, N, F, D)
+    dz = qf.new_empty(B, num_heads_k, N, F, dtype=torch.float32)
+    BK, BV = _blocks(F, D)
+    grid = (triton.cdiv(F, BK), triton.cdiv(D, BV), B * num_heads_k)
+    _state_bwd_kernel[grid](
+        qf, do, cs, inv_den, delta_rows, dh, dz, T, N, delta, num_heads_k, H // num_heads_k,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, num_warps=4,
+    )
+    return dh, dz
