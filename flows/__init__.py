@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks in `tasks/` (see deploy/prefect.yaml)."""
