@@ -53,14 +53,11 @@ class LolcatsAttention(nn.Module):
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
             setattr(self, name, getattr(softmax_attn, name))
         key_heads = self.num_kv_heads if lin.share_key_map else self.num_heads
-        self.feature_map_q = build_feature_map(lin.feature_map, self.num_heads, self.head_dim, lin.feature_dim)
-        self.feature_map_k = build_feature_map(lin.feature_map, key_heads, self.head_dim, lin.feature_dim)
-        logit = math.log(lin.gamma_init / (1 - lin.gamma_init))
-        self.window_gate = nn.Parameter(torch.full((self.num_heads,), logit))
-        ref = self.q_proj.weight
-        self.feature_map_q.to(device=ref.device)
-        self.feature_map_k.to(device=ref.device)
-        self.window_gate.data = self.window_gate.data.to(device=ref.device)
+        with torch.device(self.q_proj.weight.device):
+            self.feature_map_q = build_feature_map(lin.feature_map, self.num_heads, self.head_dim, lin.feature_dim)
+            self.feature_map_k = build_feature_map(lin.feature_map, key_heads, self.head_dim, lin.feature_dim)
+            logit = math.log(lin.gamma_init / (1 - lin.gamma_init))
+            self.window_gate = nn.Parameter(torch.full((self.num_heads,), logit))
         self.transfer_hook: TransferHook | None = None
 
     @property

@@ -34,11 +34,11 @@ def linearized_class(base_cls: type) -> type:
     return _LINEARIZED_CLASSES[base_cls]
 
 
-def check_supported(model_config) -> None:
+def check_supported(model_config, class_name: str | None = None) -> None:
     """Raise `UnsupportedModelError` unless the architecture can be linearized."""
     model_type = getattr(model_config, "model_type", None)
     if model_type not in SUPPORTED_ARCHITECTURES:
-        arch = (getattr(model_config, "architectures", None) or ["?"])[0]
+        arch = class_name or (getattr(model_config, "architectures", None) or ["?"])[0]
         raise UnsupportedModelError(
             f"cannot linearize model_type {model_type!r} ({arch}); "
             f"supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}"
@@ -57,7 +57,7 @@ def linearize(model: nn.Module, lin: LinearizeConfig) -> nn.Module:
     Layers listed by `lin.softmax_layers` keep softmax attention. The model's class becomes a
     `Lolcats<Base>` subclass and `model.config.lolcats` records `lin`.
     """
-    check_supported(model.config)
+    check_supported(model.config, type(model).__name__)
     if getattr(model.config, "lolcats", None) is not None:
         raise UnsupportedModelError("the model is already linearized")
     layers = decoder_layers(model)

@@ -157,4 +157,9 @@ def model_config(name_or_path: str):
         data = json.loads((PRESET_DIR / PRESETS[name_or_path].config_file).read_text())
         return AutoConfig.for_model(**data)
     source, _ = resolve(name_or_path)
-    return AutoConfig.from_pretrained(source)
+    try:
+        return AutoConfig.from_pretrained(source)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read the config of {name_or_path!r} ({e.__class__.__name__}): offline or not a "
+            f"model; use a preset ({', '.join(PRESETS)}) or a local model directory") from None

@@ -1,0 +1,143 @@
+"""The `lolcats` command line."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ATTENTION_KINDS, LinearizeConfig
+from .errors import LolcatsError
+from .feature_maps import FEATURE_MAPS
+from .lora import LoraSettings
+from .presets import PRESETS
+
+
+def _softmax_layers(text: str) -> list[int] | float:
+    """'0,1,5' -> [0, 1, 5]; '0.5' -> 0.5 (a fraction of the layers)."""
+    if not text:
+        return []
+    if "," not in text and "." in text:
+        return float(text)
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected layer indices like 0,1,5 or a fraction like 0.5, got {text!r}")
+
+
+def _add_linearize_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("linearization")
+    g.add_argument("--feature-map", default="hedgehog", choices=sorted(FEATURE_MAPS))
+    g.add_argument("--feature-dim", type=int, default=64, help="feature map projection size f")
+    g.add_argument("--attention", default="hybrid", choices=ATTENTION_KINDS)
+    g.add_argument("--window", type=int, default=64, help="sliding-window size in tokens")
+    g.add_argument("--softmax-layers", type=_softmax_layers, default=[],
+                   help="layers kept as softmax: indices (0,1,5) or a fraction (0.5)")
+    g.add_argument("--share-key-map", action="store_true", help="one key feature map per KV group")
+    g.add_argument("--lora-r", type=int, default=8, help="LoRA rank of stage 2")
+
+
+def _linearize_config(args) -> LinearizeConfig:
+    return LinearizeConfig(feature_map=args.feature_map, feature_dim=args.feature_dim,
+                           attention=args.attention, window=args.window,
+                           softmax_layers=args.softmax_layers, share_key_map=args.share_key_map)
+
+
+def cmd_plan(args) -> None:
+    from .plan import format_plan, make_plan
+
+    lin, lora = _linearize_config(args), LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
+    plan = make_plan(args.model, lin, lora)
+    print(json.dumps(plan.__dict__, indent=1) if args.json else format_plan(plan, lin, lora))
+
+
+def _is_checkpoint(path: str) -> bool:
+    cfg = Path(path) / "config.json"
+    return cfg.exists() and json.loads(cfg.read_text()).get("model_type") == "lolcats"
+
+
+def load_for_inference(name: str, linearize_untrained: LinearizeConfig | None = None, device: str = "cpu"):
+    """(model, tokenizer) for a lolcats checkpoint, a preset or a base-model path."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from .checkpoint import load_linearized
+    from .convert import linearize
+    from .presets import TOKENIZER_FILES, load_base_model, resolve
+
+    if _is_checkpoint(name):
+        model = load_linearized(name, device=device)
+        d = Path(name)
+        base = json.loads((d / "config.json").read_text())["base_model"]["id"]
+        has_tok = any((d / f).exists() for f in TOKENIZER_FILES)
+        tokenizer = AutoTokenizer.from_pretrained(d if has_tok else resolve(base)[0])
+        return model, tokenizer
+    model, tokenizer, _ = load_base_model(name, dtype=torch.float32, device=device)
+    if linearize_untrained is not None:
+        linearize(model, linearize_untrained)
+    return model.eval(), tokenizer
+
+
+def cmd_generate(args) -> None:
+    import torch
+    from transformers import TextStreamer
+
+    lin = _linearize_config(args) if args.linearize else None
+    model, tok = load_for_inference(args.model, lin)
+    if tok is None:
+        raise LolcatsError(f"{args.model} has no tokenizer files; save one beside the model")
+    text = args.prompt
+    if args.chat and tok.chat_template:
+        text = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                       add_generation_prompt=True)
+    inputs = tok(text, return_tensors="pt")
+    torch.manual_seed(args.seed)
+    with torch.no_grad():
+        model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                       temperature=args.temperature if args.temperature > 0 else None,
+                       top_p=None, top_k=None, pad_token_id=tok.pad_token_id or tok.eos_token_id,
+                       streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lolcats",
+        description="Linearize Transformer LLMs with LoLCATs (attention transfer + LoRA).",
+        epilog=f"model presets: {', '.join(PRESETS)}; or a local model directory / hub id",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="show what linearizing a model involves (no weights loaded)",
+                       description="Build the model on the meta device and report converted layers, "
+                                   "trainable parameters and decode memory.")
+    p.add_argument("--model", required=True, help="preset name, model directory or hub id")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    _add_linearize_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("generate", help="stream text from a linearized checkpoint or a base model",
+                       description="Generate text. MODEL is a lolcats checkpoint directory, a preset or a "
+                                   "base-model directory (add --linearize to swap in untrained attention).")
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    p.add_argument("--linearize", action="store_true", help="linearize a base model before generating")
+    _add_linearize_args(p)
+    p.set_defaults(func=cmd_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LolcatsError as e:
+        print(f"lolcats {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Passkey retrieval samples: a random number hidden at a chosen depth of an essay haystack.
+
+Layout of a prompt of `length` tokens (pieces are tokenized separately and concatenated, so
+token counts are exact):
+
+    intro | haystack[:cut] | needle("The pass key is 12345 ...") | haystack[cut:] | question
+
+with `cut = round(depth * haystack_tokens)`: depth 0 puts the needle right after the intro,
+depth 1 right before the question. The answer (" 12345") follows the prompt.
+"""
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .assets import ESSAYS_DIR, asset_path
+from .errors import DataError
+from .sources import IGNORE_INDEX, Document, read_text_files
+
+INTRO = (
+    "There is an important piece of information hidden inside a lot of irrelevant text. "
+    "Find it and memorize it. I will quiz you about it.\n\n"
+)
+NEEDLE = "\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
+QUESTION = "\n\nWhat is the pass key? The pass key is"
+ANSWER = " {key}"
+
+
+@dataclass(frozen=True)
+class PasskeySample:
+    """One retrieval prompt.
+
+    Attributes:
+        input_ids: the prompt, exactly the requested number of tokens.
+        answer_ids: tokens of the answer (" <key>") that follow the prompt.
+        key: the pass key, a string of digits.
+        depth: requested relative position of the needle in the haystack, in [0, 1].
+        needle_start, needle_end: token span of the needle sentence inside `input_ids`.
+    """
+
+    input_ids: list[int]
+    answer_ids: list[int]
+    key: str
+    depth: float
+    needle_start: int
+    needle_end: int
+
+
+class PasskeyGenerator:
+    """Makes passkey prompts of exact token lengths from an essay haystack.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer.
+        haystack_path: essay file or folder of `*.txt`; None uses the bundled Paul Graham essays.
+        digits: number of digits of the pass key.
+    """
+
+    def __init__(self, tokenizer, haystack_path: str | Path | None = None, digits: int = 5) -> None:
+        texts = read_text_files([haystack_path or asset_path(ESSAYS_DIR)])
+        self.tokenizer = tokenizer
+        self.digits = digits
+        self.haystack = np.asarray(self._encode(" ".join(t for _, t in texts)), dtype=np.int32)
+        self.intro = tokenizer(INTRO)["input_ids"]  # carries BOS where the tokenizer adds one
+        self.question = self._encode(QUESTION)
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def min_length(self, key: str | None = None) -> int:
+        """Shortest prompt (no haystack) for a key of `digits` digits."""
+        needle = self._encode(NEEDLE.format(key=key or "9" * self.digits))
+        return len(self.intro) + len(needle) + len(self.question)
+
+    def new_key(self, rng: random.Random) -> str:
+        return str(rng.randrange(10 ** (self.digits - 1), 10**self.digits))
+
+    def sample(self, length: int, depth: float, rng: random.Random, key: str | None = None) -> PasskeySample:
+        """A prompt of exactly `length` tokens with the needle at `depth` of the haystack.
+
+        The haystack is a window of the essays starting at a random token offset (drawn
+        from `rng`, wrapping around); the key is random unless given.
+        """
+        if not 0.0 <= depth <= 1.0:
+            raise DataError(f"passkey depth must lie in [0, 1], got {depth!r}")
+        key = key or self.new_key(rng)
+        needle = self._encode(NEEDLE.format(key=key))
+        n_hay = length - len(self.intro) - len(needle) - len(self.question)
+        if n_hay < 0:
+            raise DataError(f"passkey length {length} is too short: the prompt needs at least {length - n_hay} tokens")
+        offset = rng.randrange(len(self.haystack))
+        filler = self.haystack[(offset + np.arange(n_hay)) % len(self.haystack)].tolist()
+        cut = round(depth * n_hay)
+        start = len(self.intro) + cut
+        prompt = self.intro + filler[:cut] + needle + filler[cut:] + self.question
+        return PasskeySample(
+            input_ids=prompt,
+            answer_ids=self._encode(ANSWER.format(key=key)),
+            key=key,
+            depth=depth,
+            needle_start=start,
+            needle_end=start + len(needle),
+        )
+
+    def training_documents(self, seq_len: int, rng: random.Random, mask_prompt: bool) -> Iterator[Document]:
+        """Endless documents of exactly `seq_len` tokens (prompt + answer), uniform random depth.
+
+        With `mask_prompt` only the answer tokens are labelled.
+        """
+        while True:
+            key = self.new_key(rng)
+            answer_len = len(self._encode(ANSWER.format(key=key)))
+            sample = self.sample(seq_len - answer_len, rng.random(), rng, key=key)
+            ids = np.asarray(sample.input_ids + sample.answer_ids, dtype=np.int32)
+            labels = ids.copy()
+            if mask_prompt:
+                labels[: len(sample.input_ids)] = IGNORE_INDEX
+            yield ids, labels

@@ -1,0 +1,33 @@
+"""Shared test setup: offline environment, tiny random models, the real SmolLM2 tokenizer/model."""
+
+import os
+
+for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "true",
+               "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+               "TOKENIZERS_PARALLELISM": "false"}.items():
+    os.environ.setdefault(_k, _v)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from helpers import make_tiny_config  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """Directory of a tiny random Llama saved with save_pretrained (a local 'base model')."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(make_tiny_config()).save_pretrained(tmp_path / "base")
+    return tmp_path / "base"
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The dequantised SmolLM2-135M (cached across runs under $LOLCATS_CACHE)."""
+    from lolcats_core.presets import smollm2_dir as _dir
+
+    return _dir()

@@ -1,0 +1,93 @@
+"""The hybrid attention: chunked path vs the naive reference, softmax limit, decode step."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lolcats_kernels import (hybrid_attention_chunked, hybrid_attention_naive,
+                             hybrid_decode_step_naive)
+
+# (B, H, Hkv, Hk, T, D, F, window, linear)
+SHAPES = [
+    (2, 4, 2, 4, 100, 16, 8, 16, True),  # GQA 2, per-head key maps
+    (1, 6, 2, 2, 130, 8, 12, 64, True),  # GQA 3, shared key maps, T not a chunk multiple
+    (2, 3, 3, 3, 50, 8, 8, 0, True),  # pure linear
+    (1, 2, 1, 2, 70, 8, 8, 5, False),  # pure sliding window
+    (1, 2, 1, 1, 37, 8, 8, 128, True),  # window > T
+    (1, 4, 4, 4, 65, 16, 16, 1, True),  # window 1
+]
+
+
+def _inputs(B, H, Hkv, Hk, T, D, Fd, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=g).to(dtype).requires_grad_()  # noqa: E731
+    pos = lambda *s: torch.rand(*s, generator=g).to(dtype).requires_grad_()  # noqa: E731
+    return (mk(B, H, T, D), mk(B, Hkv, T, D), mk(B, Hkv, T, D), pos(B, H, T, Fd), pos(B, Hk, T, Fd),
+            torch.rand(H, generator=g).to(dtype).requires_grad_())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}kv{}k{}T{}D{}F{}w{}lin{}".format(*s))
+def test_chunked_matches_naive_outputs_and_grads(shape, dtype):
+    *dims, window, linear = shape
+    args = _inputs(*dims, dtype=dtype)
+    valid = torch.ones(dims[0], dims[4], dtype=torch.bool)
+    valid[0, :5] = False  # left padding in the first sequence
+    y_ref = hybrid_attention_naive(*args, window, linear, key_valid=valid)
+    grads_ref = torch.autograd.grad(y_ref.float().square().sum(), args, allow_unused=True)
+    y = hybrid_attention_chunked(*args, window, linear, key_valid=valid, chunk_size=16)
+    grads = torch.autograd.grad(y.float().square().sum(), args, allow_unused=True)
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    assert y.dtype == dtype
+    torch.testing.assert_close(y.float(), y_ref.float(), **tol)
+    for g, g_ref in zip(grads, grads_ref):
+        if g is None or g_ref is None:  # features are unused without the linear term
+            assert not linear and all(x is None or not x.any() for x in (g, g_ref))
+            continue
+        scale = g_ref.float().abs().max().clamp_min(1.0)
+        torch.testing.assert_close(g.float() / scale, g_ref.float() / scale, **tol)
+
+
+@pytest.mark.parametrize("impl", [hybrid_attention_naive, hybrid_attention_chunked])
+def test_window_covering_the_sequence_is_softmax_attention(impl):
+    q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(2, 4, 2, 4, 48, 16, 8, torch.float32))
+    y = impl(q, k, v, qf, kf, gamma, window=48)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+def _peak_op_memory(impl, T: int) -> int:
+    """Largest CPU memory allocated by one kind of op during a forward at length T."""
+    args = [t.detach() for t in _inputs(1, 2, 1, 2, T, 8, 8, torch.float32)]
+    with torch.profiler.profile(profile_memory=True) as prof:
+        impl(*args, window=16)
+    return max(e.cpu_memory_usage for e in prof.key_averages())
+
+
+def test_chunked_memory_is_linear_in_length():
+    """Doubling T doubles the chunked path's allocations; the naive T x T path quadruples."""
+    chunked = _peak_op_memory(hybrid_attention_chunked, 1024) / _peak_op_memory(hybrid_attention_chunked, 512)
+    naive = _peak_op_memory(hybrid_attention_naive, 1024) / _peak_op_memory(hybrid_attention_naive, 512)
+    assert chunked < 2.5 and naive > 3.5, (chunked, naive)
+
+
+@pytest.mark.parametrize("window,linear,Hk", [(8, True, 4), (8, True, 2), (0, True, 4), (5, False, 2)])
+def test_decode_steps_match_parallel(window, linear, Hk):
+    B, H, Hkv, T, D, Fd = 2, 4, 2, 30, 8, 6
+    q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(B, H, Hkv, Hk, T, D, Fd, torch.float32))
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, :4] = False
+    ref = hybrid_attention_naive(q, k, v, qf, kf, gamma, window, linear, key_valid=valid)
+    w = window
+    win_k = torch.zeros(B, Hkv, w, D)
+    win_v, win_valid = torch.zeros_like(win_k), torch.zeros(B, w, dtype=torch.bool)
+    S, z = torch.zeros(B, Hk, Fd, D), torch.zeros(B, Hk, Fd)
+    outs = []
+    for t in range(T):
+        if w:
+            fold = kf[:, :, t - w] * (win_valid[:, t % w] if t >= w else torch.zeros(B, dtype=torch.bool))[:, None, None]
+        else:
+            fold = kf[:, :, t] * valid[:, t, None, None]
+        outs.append(hybrid_decode_step_naive(q[:, :, t], k[:, :, t], v[:, :, t], qf[:, :, t], fold, gamma,
+                                             win_k, win_v, win_valid, S, z, t, valid[:, t], linear))
+    torch.testing.assert_close(torch.stack(outs, 2), ref, atol=1e-5, rtol=1e-5)
