@@ -1,0 +1,116 @@
+"""Pick the Triton kernel or the PyTorch path for the hybrid-attention ops.
+
+CUDA tensors go to the Triton kernels, CPU tensors to the PyTorch references
+(`hybrid_attention_chunked`, `hybrid_decode_step_naive`). `LOLCATS_FORCE_TRITON=1` sends CPU
+tensors to the kernels too (run them with `TRITON_INTERPRET=1`). Inputs the kernels do not
+support take the PyTorch path with one warning per reason. Triton is imported only when a
+kernel is about to run.
+"""
+
+import functools
+import importlib.util
+import os
+import warnings
+
+import torch
+
+from .hybrid_attention.chunked import hybrid_attention_chunked
+from .hybrid_decode.naive import hybrid_decode_step_naive
+
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_MAX_DIM = 256
+
+
+@functools.cache
+def _warn_once(reason: str) -> None:
+    warnings.warn(f"lolcats_kernels: {reason}; using the PyTorch path", RuntimeWarning, stacklevel=3)
+
+
+def _wants_triton(x: torch.Tensor) -> bool:
+    return x.is_cuda or os.environ.get("LOLCATS_FORCE_TRITON") == "1"
+
+
+def _common_reason(q, k, kf, groups) -> str | None:
+    """Why the kernels cannot take these inputs (None if they can)."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    for name, group in groups.items():
+        dtypes = {x.dtype for x in group}
+        if len(dtypes) > 1 or not dtypes <= set(_DTYPES):
+            return f"{name} must share one dtype of fp16/bf16/fp32 (got {sorted(map(str, dtypes))})"
+    if q.dtype == torch.bfloat16 and os.environ.get("TRITON_INTERPRET") == "1":
+        return "bf16 tl.dot is wrong in the Triton interpreter"
+    H, Hkv, Hk = q.shape[1], k.shape[1], kf.shape[1]
+    if H % Hk or Hk % Hkv:
+        return f"heads must nest as Hkv | Hk | H (got H={H}, Hk={Hk}, Hkv={Hkv})"
+    if q.shape[-1] > _MAX_DIM or kf.shape[-1] > _MAX_DIM:
+        return f"head and feature dimensions above {_MAX_DIM} are not supported"
+    return None
+
+
+def hybrid_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    gamma: torch.Tensor,
+    window: int,
+    linear: bool = True,
+    scale: float | None = None,
+    key_valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Hybrid attention (training and prefill); arguments and result as
+    `hybrid_attention_naive`: q (B, H, T, D), k, v (B, Hkv, T, D), qf (B, H, T, F),
+    kf (B, Hk, T, F), gamma (H,), key_valid (B, T) bool or None -> (B, H, T, D)."""
+    if _wants_triton(q):
+        reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
+        if reason is None:
+            from .hybrid_attention.triton_function import hybrid_attention_triton
+
+            return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale, key_valid)
+        _warn_once(reason)
+    return hybrid_attention_chunked(q, k, v, qf, kf, gamma, window, linear, scale, key_valid)
+
+
+def hybrid_decode_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qf: torch.Tensor,
+    kf_fold: torch.Tensor,
+    gamma: torch.Tensor,
+    win_k: torch.Tensor,
+    win_v: torch.Tensor,
+    win_valid: torch.Tensor,
+    S: torch.Tensor,
+    z: torch.Tensor,
+    pos: int | torch.Tensor,
+    valid: torch.Tensor,
+    linear: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """One decoding step, updating (win_k, win_v, win_valid, S, z) in place; arguments and
+    result as `hybrid_decode_step_naive`. On the kernel path `pos` may be a one-element device
+    tensor, which keeps the step free of host syncs (CUDA graphs)."""
+    if _wants_triton(q):
+        reason = _common_reason(q, k, kf_fold, {"q, k, v, window": (q, k, v, win_k, win_v),
+                                                "qf, kf_fold": (qf, kf_fold)})
+        if reason is None and (S.dtype != torch.float32 or z.dtype != torch.float32):
+            reason = "decode state S, z must be fp32"
+        if reason is None and win_k.shape[2] > _MAX_DIM:
+            reason = f"windows above {_MAX_DIM} tokens are not supported by the decode kernel"
+        if reason is None and (win_valid.dtype != torch.bool or valid.dtype != torch.bool):
+            reason = "win_valid and valid must be bool"
+        if reason is None and not all(x.is_contiguous() for x in (win_k, win_v, win_valid, S, z)):
+            reason = "the decode state must be contiguous (it is updated in place)"
+        if reason is None:
+            from .hybrid_decode.triton_step import hybrid_decode_step_triton
+
+            return hybrid_decode_step_triton(q, k, v, qf, kf_fold, gamma, win_k, win_v, win_valid,
+                                             S, z, pos, valid, linear, scale)
+        _warn_once(reason)
+    if torch.is_tensor(pos):
+        pos = int(pos)
+    return hybrid_decode_step_naive(q, k, v, qf, kf_fold, gamma, win_k, win_v, win_valid, S, z,
+                                    pos, valid, linear, scale)

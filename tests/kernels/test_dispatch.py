@@ -1,0 +1,59 @@
+"""Dispatcher: device routing, the forced Triton path and one warning per fallback reason."""
+
+import warnings
+
+import pytest
+import torch
+
+import lolcats_kernels.dispatch as dispatch
+from lolcats_kernels import hybrid_attention, hybrid_attention_naive, hybrid_decode_step
+
+
+def inputs(dtype=torch.float32, D=16):
+    B, H, Hkv, Hk, T, F = 1, 4, 2, 2, 20, 8
+    return (torch.randn(B, H, T, D, dtype=dtype), torch.randn(B, Hkv, T, D, dtype=dtype),
+            torch.randn(B, Hkv, T, D, dtype=dtype), torch.rand(B, H, T, F, dtype=dtype),
+            torch.rand(B, Hk, T, F, dtype=dtype), torch.rand(H))
+
+
+def test_cpu_uses_reference_path(monkeypatch):
+    monkeypatch.delenv("LOLCATS_FORCE_TRITON", raising=False)
+    x = inputs()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = hybrid_attention(*x, 5)
+    torch.testing.assert_close(y, hybrid_attention_naive(*x, 5), atol=1e-5, rtol=1e-5)
+
+
+def test_forced_triton_matches_reference(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
+    x = inputs()
+    y = hybrid_attention(*x, 5)
+    torch.testing.assert_close(y, hybrid_attention_naive(*x, 5), atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_falls_back_with_one_warning(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
+    dispatch._warn_once.cache_clear()
+    x = inputs(D=272)
+    with pytest.warns(RuntimeWarning, match="above 256"):
+        y = hybrid_attention(*x, 5)
+    torch.testing.assert_close(y, hybrid_attention_naive(*x, 5), atol=1e-5, rtol=1e-5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hybrid_attention(*x, 5)  # same reason: no second warning
+
+
+def test_decode_fallback_on_strided_state(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
+    dispatch._warn_once.cache_clear()
+    B, H, Hkv, w, D, F = 2, 2, 1, 4, 16, 8
+    q, qf = torch.randn(B, H, D), torch.rand(B, H, F)
+    k, v, kf = torch.randn(B, Hkv, D), torch.randn(B, Hkv, D), torch.rand(B, H, F)
+    state = [torch.randn(B, Hkv, w, D), torch.randn(B, Hkv, w, D), torch.ones(B, w, dtype=torch.bool),
+             torch.zeros(B, H, D, F).transpose(-1, -2), torch.zeros(B, H, F)]
+    with pytest.warns(RuntimeWarning, match="contiguous"):
+        hybrid_decode_step(q, k, v, qf, kf, torch.rand(H), *state, torch.tensor(3), torch.ones(B, dtype=torch.bool))

@@ -1,0 +1,110 @@
+"""Triton hybrid attention (forward and backward) against the O(T^2) reference."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from lolcats_kernels import hybrid_attention_naive  # noqa: E402
+from lolcats_kernels.hybrid_attention.triton_function import hybrid_attention_triton  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+# Under the interpreter: small blocks so that short sequences span several of them.
+CHUNK = None if CUDA else 16
+
+
+def make_inputs(B, H, Hkv, Hk, T, D, F, dtype, valid=False):
+    q = torch.randn(B, H, T, D, device=DEVICE, dtype=dtype)
+    k = torch.randn(B, Hkv, T, D, device=DEVICE, dtype=dtype)
+    v = torch.randn(B, Hkv, T, D, device=DEVICE, dtype=dtype)
+    qf = torch.rand(B, H, T, F, device=DEVICE, dtype=dtype)
+    kf = torch.rand(B, Hk, T, F, device=DEVICE, dtype=dtype)
+    gamma = torch.rand(H, device=DEVICE) * 0.9 + 0.05
+    key_valid = None
+    if valid:  # left padding of varying length, plus one hole
+        key_valid = torch.ones(B, T, dtype=torch.bool, device=DEVICE)
+        for b in range(B):
+            key_valid[b, : (3 * b + 2) % T] = False
+        key_valid[-1, T // 2] = False
+    return (q, k, v, qf, kf, gamma), key_valid
+
+
+def run_both(inputs, window, linear, key_valid, chunk=CHUNK):
+    """Outputs and gradients of the kernel and of the fp32 reference, for one cotangent."""
+    xs = [x.detach().clone().requires_grad_() for x in inputs]
+    refs = [x.detach().double().float().clone().requires_grad_() for x in inputs]
+    y = hybrid_attention_triton(*xs, window, linear, None, key_valid, chunk)
+    y_ref = hybrid_attention_naive(*refs, window, linear, None, key_valid)
+    do = torch.randn_like(y_ref)
+    (y.float() * do).sum().backward()
+    (y_ref * do).sum().backward()
+    grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in xs]
+    return [y] + grads, [y_ref] + [r.grad for r in refs]
+
+
+def rel_err(a, b, floor):
+    """||a - b|| / max(||b||, floor)."""
+    return ((a.float() - b).norm() / b.norm().clamp_min(floor)).item()
+
+
+def check(outs, refs, tol):
+    """Relative errors below tol. Gradients can vanish mathematically (dgamma when there are no
+    linear keys, dq with one key): a floor of 1e-2 per element keeps rounding noise from
+    counting; dgamma sums O(T) terms per query, so its floor scales with T."""
+    T = outs[0].shape[2]
+    names = ["y", "dq", "dk", "dv", "dqf", "dkf", "dgamma"]
+    for name, a, b in zip(names, outs, refs):
+        floor = 1e-2 * b.numel() ** 0.5 * (T if name == "dgamma" else 1)
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b, floor) < tol, (name, rel_err(a, b, floor))
+
+
+CASES = [  # B, H, Hkv, Hk, T, window, linear, key_valid
+    (2, 2, 2, 2, 37, 5, True, False),  # plain MHA, T not a multiple of the block
+    (1, 4, 2, 2, 50, 20, True, False),  # GQA 2, Hk = Hkv, window spans 2 blocks
+    (1, 4, 2, 4, 50, 20, True, True),  # GQA 2, Hk = H, padding
+    (1, 3, 1, 3, 41, 16, True, False),  # GQA 3, window = block
+    (1, 6, 2, 2, 33, 1, True, True),  # GQA 3, window 1
+    (2, 2, 1, 2, 45, 0, True, False),  # pure linear
+    (1, 2, 2, 2, 30, 64, True, False),  # window > T
+    (1, 4, 2, 4, 40, 9, False, True),  # sliding window only
+    (1, 2, 1, 1, 1, 3, True, False),  # one token
+]
+
+
+@pytest.mark.parametrize("B,H,Hkv,Hk,T,window,linear,valid", CASES)
+def test_matches_reference_fp32(B, H, Hkv, Hk, T, window, linear, valid):
+    inputs, key_valid = make_inputs(B, H, Hkv, Hk, T, 16, 8, torch.float32, valid)
+    outs, refs = run_both(inputs, window, linear, key_valid)
+    check(outs, refs, 5e-3 if CUDA else 1e-4)  # GPU fp32 dots run in tf32
+
+
+@pytest.mark.parametrize("D,F", [(24, 12), (32, 32)])
+def test_non_power_of_two_and_fp16(D, F):
+    inputs, key_valid = make_inputs(2, 4, 2, 4, 35, D, F, torch.float16, valid=True)
+    outs, refs = run_both(inputs, 7, True, key_valid)
+    check(outs, refs, 1e-2)
+
+
+def test_padding_rows_are_zero():
+    inputs, key_valid = make_inputs(2, 2, 1, 2, 20, 16, 8, torch.float32, valid=True)
+    y = hybrid_attention_triton(*inputs, 4, True, None, key_valid, CHUNK)
+    assert (y[1, :, :5] == 0).all()
+
+
+@pytest.mark.skipif(not CUDA, reason="full sizes need a GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,window,Hk,valid", [(1000, 64, 8, False), (777, 256, 2, True), (513, 0, 8, False)])
+def test_full_size_gpu(dtype, T, window, Hk, valid):
+    inputs, key_valid = make_inputs(2, 8, 2, Hk, T, 128, 128, dtype, valid)
+    inputs = (*inputs[:3], inputs[3] / 16, inputs[4] / 16, inputs[5])  # features of hedgehog size
+    outs, refs = run_both(inputs, window, True, key_valid)
+    check(outs, refs, 2e-2)
+
+
+@pytest.mark.skipif(not CUDA, reason="full sizes need a GPU")
+def test_large_feature_size_gpu():
+    inputs, key_valid = make_inputs(1, 4, 2, 4, 300, 64, 256, torch.bfloat16)
+    outs, refs = run_both(inputs, 100, True, key_valid)
+    check(outs, refs, 2e-2)
