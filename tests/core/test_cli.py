@@ -1,0 +1,47 @@
+"""The `lolcats` command line: plan on the meta device, generate from a checkpoint."""
+
+import subprocess
+import sys
+
+import pytest
+from transformers import AutoTokenizer
+
+from lolcats_core import LinearizeConfig, linearize, load_base_model, save_linearized
+from lolcats_core.cli import main
+
+
+def test_plan_llama3_8b_offline(capsys):
+    assert main(["plan", "--model", "llama3-8b"]) == 0
+    out = capsys.readouterr().out
+    assert "layers converted 32 of 32" in out
+    assert "16.78M parameters (0.209%)" in out  # the paper's ~0.2% for Llama 3 8B
+    assert "32,768" in out and "4.0 GiB" in out  # KV cache of 32k tokens in bf16
+
+
+def test_plan_with_kept_softmax_layers_as_json(capsys):
+    assert main(["plan", "--model", "smollm2-135m", "--softmax-layers", "0,29", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert '"num_layers": 30' in out and '"linearized_layers": [\n  1,' in out
+
+
+def test_plan_errors_name_the_problem(capsys):
+    assert main(["plan", "--model", "no-such-model"]) == 2
+    assert "unknown model 'no-such-model'" in capsys.readouterr().err
+    assert main(["plan", "--model", "llama3-8b", "--window", "0"]) == 2
+    assert "window must be a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_generate_streams_from_a_checkpoint(tiny_model_dir, smollm2_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model, _, _ = load_base_model(str(tiny_model_dir))
+    model.resize_token_embeddings(len(tok))
+    model.config.lolcats_base["fingerprint"] = ""  # resized: the base weights changed on purpose
+    linearize(model, LinearizeConfig(window=4))
+    # the base model on disk keeps its original vocabulary: save a full (self-contained) checkpoint
+    save_linearized(model, tmp_path / "full", tokenizer=tok, merge_lora=True)
+    result = subprocess.run([sys.executable, "-m", "lolcats_core.cli", "generate", "--model",
+                             str(tmp_path / "full"), "--prompt", "Hello", "--max-new-tokens", "5"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip()) > 0
