@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("s3", "prefect", "mlflow", "worker")
 LOCAL_ACCESS_KEY = "lolcats-local"
 LOCAL_SECRET_KEY = "lolcats-local-secret"
@@ -107,6 +109,14 @@ class Config:
         return {"s3": self.s3_port, "prefect": self.prefect_port,
                 "mlflow": self.mlflow_port, "worker": self.prefect_port}[svc]
 
+    def ports_of(self, svc: str) -> list[int]:
+        """Every port a service binds (weed mini also binds each port + 10000 for gRPC)."""
+        if svc == "s3":
+            http = [self.s3_port, self.weed_master_port, self.weed_volume_port,
+                    self.weed_filer_port, self.weed_admin_port]
+            return http + [p + 10000 for p in http]
+        return [] if svc == "worker" else [self.port_of(svc)]
+
     def pid_file(self, svc: str) -> Path:
         return self.run_dir / "pids" / f"{svc}.pid"
 
@@ -133,8 +143,11 @@ def service_env(cfg: Config) -> dict[str, str]:
     env.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_SECRET_KEY)
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     env["PREFECT_HOME"] = str(cfg.run_dir / "prefect")
+    env["LOLCATS_REPO"] = str(REPO)  # where deployments' pull step finds flows/ and tasks/
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PREFECT_WORKER_QUERY_SECONDS"] = cfg.query_seconds
     env["PYTHONUNBUFFERED"] = "1"
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # GenAI job runner: 7 busy processes
     return env
 
 
@@ -206,6 +219,16 @@ def _spawn(svc: str, cfg: Config, env: dict[str, str]) -> int:
     return proc.pid
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: ignore TIME_WAIT
+        try:
+            sock.bind((HOST, port))
+            return True
+        except OSError:
+            return False
+
+
 def _http_ok(url: str, method: str = "GET", body: bytes | None = None) -> str | None:
     """Response text if `url` answers 2xx, else None."""
     req = urllib.request.Request(url, data=body, method=method,
@@ -217,8 +240,9 @@ def _http_ok(url: str, method: str = "GET", body: bytes | None = None) -> str | 
         return None
 
 
-def healthy(svc: str, cfg: Config) -> bool:
-    """One health probe of a service (it answers on its port and does its job)."""
+def healthy(svc: str, cfg: Config, since: float | None = None) -> bool:
+    """One health probe of a service (it answers on its port and does its job). For the worker,
+    `since` (unix time) requires a heartbeat newer than that, i.e. from the new process."""
     if svc == "prefect":
         return _http_ok(f"{cfg.prefect_api}/health") == "true"
     if svc == "mlflow":
@@ -228,8 +252,20 @@ def healthy(svc: str, cfg: Config) -> bool:
     if svc == "worker":
         body = json.dumps({"workers": {}}).encode()
         out = _http_ok(f"{cfg.prefect_api}/work_pools/{cfg.work_pool}/workers/filter", "POST", body)
-        return bool(out) and any(w.get("status") == "ONLINE" for w in json.loads(out))
+        name = f"{cfg.work_pool}-worker"
+        for w in json.loads(out) if out else []:
+            beat = w.get("last_heartbeat_time")
+            if w.get("name") == name and w.get("status") == "ONLINE" and beat:
+                if since is None or _iso_to_unix(beat) >= since - 1:
+                    return True
+        return False
     raise StackError(f"unknown service {svc!r}")
+
+
+def _iso_to_unix(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def _s3_bucket_ready(cfg: Config) -> bool:
@@ -262,9 +298,9 @@ TIMEOUTS = {"s3": 30, "prefect": 90, "mlflow": 120, "worker": 60}
 
 def wait_healthy(svc: str, cfg: Config, pid: int) -> float:
     """Block until `svc` is healthy; raise StackError naming port and log if it is not."""
-    t0 = time.monotonic()
+    t0, since = time.monotonic(), time.time()
     while time.monotonic() - t0 < TIMEOUTS[svc]:
-        if healthy(svc, cfg):
+        if healthy(svc, cfg, since=since if svc == "worker" else None):
             return time.monotonic() - t0
         if read_pid(cfg, svc) != pid:
             raise StackError(_failure(svc, cfg, "exited during start-up"))
@@ -297,6 +333,11 @@ def _start_one(svc: str, cfg: Config, env: dict[str, str]) -> str:
         return f"{svc:8s} up            pid {pid} ({took:.1f} s)"
     if svc == "s3":
         _wait_weed_lock_free(cfg)
+    busy = [p for p in cfg.ports_of(svc) if not _port_free(p)]
+    if busy:
+        raise StackError(f"{svc} cannot start: port(s) {busy} on {HOST} are already in use by "
+                         f"another program (another stack? `deploy/stack.sh status`); set "
+                         f"LOLCATS_PORT_OFFSET or the LOLCATS_*_PORT variables to move it")
     pid = _spawn(svc, cfg, env)
     took = wait_healthy(svc, cfg, pid)
     return f"{svc:8s} started       pid {pid} ({took:.1f} s)"
@@ -355,27 +396,40 @@ def _holders(data_dir: Path) -> list[int]:
 
 
 def stop_one(svc: str, cfg: Config, grace: float = 30) -> str:
-    """SIGTERM the service's process group, wait up to `grace` s, then SIGKILL."""
+    """SIGTERM the service's process group, wait up to `grace` s for every process in it to
+    exit, then SIGKILL what is left."""
     pid = read_pid(cfg, svc)
     if pid is None:
         cfg.pid_file(svc).unlink(missing_ok=True)
         return f"{svc:8s} not running"
     t0 = time.monotonic()
     _signal_group(pid, signal.SIGTERM)
-    while read_pid(cfg, svc) and time.monotonic() - t0 < grace:
+    while _group_members(pid) and time.monotonic() - t0 < grace:
         time.sleep(0.2)
     how = "stopped"
-    if read_pid(cfg, svc):
+    if _group_members(pid):
         _signal_group(pid, signal.SIGKILL)
         how = "killed (did not stop on SIGTERM)"
-        while read_pid(cfg, svc) and time.monotonic() - t0 < grace + 10:
+        while _group_members(pid) and time.monotonic() - t0 < grace + 10:
             time.sleep(0.2)
-    else:
-        _signal_group(pid, signal.SIGTERM)  # children that outlived their parent
     if svc == "s3":
         _wait_weed_lock_free(cfg)
     cfg.pid_file(svc).unlink(missing_ok=True)
     return f"{svc:8s} {how}  pid {pid} ({time.monotonic() - t0:.1f} s)"
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group `pgid`."""
+    out = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                fields = (p / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(p.name))
+    return out
 
 
 def _signal_group(pid: int, sig: int) -> None:

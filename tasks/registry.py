@@ -1,0 +1,250 @@
+"""MLflow model registry helpers: idempotent registration, `candidate`/`champion` aliases.
+
+A model here is just a directory of files plus metadata; nothing depends on what the files
+are. Names are `lolcats-<preset>`. Every version carries the tags
+
+    lolcats.fingerprint       idempotency key: fingerprint of all inputs of the pipeline
+    lolcats.base_model        base model id          lolcats.base_revision  its revision
+    lolcats.data_fingerprint  hash of the data       lolcats.code_commit    git commit of the code
+    metric.<name>             evaluation metrics (also logged on the source run)
+
+and its description holds a markdown table of the evaluation, so the registry page shows it.
+`register_version` first looks for a version with the same fingerprint and returns it instead
+of registering twice. Tracking server: MLFLOW_TRACKING_URI (checked up front, see health.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+
+from tasks.health import check_mlflow
+
+log = logging.getLogger("lolcats.registry")
+TAG = "lolcats."
+CANDIDATE, CHAMPION = "candidate", "champion"
+
+
+def model_name(preset: str) -> str:
+    """Registered-model name of a preset: `lolcats-<preset>`."""
+    return f"lolcats-{preset}"
+
+
+def git_commit(repo: str | os.PathLike | None = None) -> str:
+    """Current commit of the code (with `-dirty` if the tree has changes), or `unknown`."""
+    cwd = repo or Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@dataclass
+class VersionInfo:
+    """What a model version was made from. `fingerprint` decides idempotency."""
+
+    fingerprint: str
+    base_model: str
+    base_revision: str
+    data_fingerprint: str
+    code_commit: str = field(default_factory=git_commit)
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def tags(self) -> dict[str, str]:
+        t = {f"{TAG}fingerprint": self.fingerprint, f"{TAG}base_model": self.base_model,
+             f"{TAG}base_revision": self.base_revision,
+             f"{TAG}data_fingerprint": self.data_fingerprint,
+             f"{TAG}code_commit": self.code_commit}
+        t.update({k: str(v) for k, v in self.extra_tags.items()})
+        return t
+
+
+@dataclass
+class Registered:
+    """Result of `register_version`: `created` is False when an existing version was reused."""
+
+    name: str
+    version: int
+    run_id: str | None
+    created: bool
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def _client(tracking_uri: str | None = None) -> MlflowClient:
+    uri = check_mlflow(tracking_uri)  # fail in seconds, not after MLflow's long retries
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def version_url(name: str, version: int | str, tracking_uri: str | None = None) -> str:
+    """Browser URL of a model version page in the MLflow UI."""
+    base = (tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")).rstrip("/")
+    return f"{base}/#/models/{name}/versions/{version}"
+
+
+def find_version(name: str, fingerprint: str, client: MlflowClient | None = None
+                 ) -> ModelVersion | None:
+    """The oldest version of `name` tagged with `fingerprint`, or None."""
+    c = client or _client()
+    found = c.search_model_versions(f"name = '{name}' and tags.`{TAG}fingerprint` = '{fingerprint}'")
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def metrics_markdown(metrics: dict[str, float], teacher: dict[str, float] | None = None) -> str:
+    """A markdown table of evaluation metrics (with the teacher's column when given)."""
+    rows = ["| metric | model | teacher |", "| --- | --- | --- |"] if teacher else \
+        ["| metric | value |", "| --- | --- |"]
+    for k, v in sorted(metrics.items()):
+        cells = [k, f"{v:.4g}"] + ([f"{teacher[k]:.4g}" if k in teacher else "-"] if teacher else [])
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionInfo, *,
+                     metrics: dict[str, float] | None = None,
+                     teacher_metrics: dict[str, float] | None = None,
+                     params: dict[str, object] | None = None, run_id: str | None = None,
+                     experiment: str | None = None, description: str = "",
+                     alias: str | None = CANDIDATE,
+                     tracking_uri: str | None = None) -> Registered:
+    """Register `artifact_dir` as a new version of `name`, unless one with the same fingerprint
+    exists (then return that one, `created=False`, touching nothing).
+
+    The files are logged as artifacts `model/` of the MLflow run `run_id` (a new run in
+    experiment `experiment` or `name` when None) together with `params` and `metrics`; the
+    version gets `info.tags()`, `metric.<k>` tags, an evaluation table in its description and
+    the alias `alias` (default `candidate`).
+    """
+    c = _client(tracking_uri)
+    src = Path(artifact_dir)
+    if not src.is_dir() or not any(src.iterdir()):
+        raise ValueError(f"register_version: {src} is not a non-empty directory")
+    existing = find_version(name, info.fingerprint, c)
+    if existing is not None:
+        log.info("%s already has version %s with fingerprint %s; not registering again",
+                 name, existing.version, info.fingerprint)
+        return Registered(name, int(existing.version), existing.run_id, created=False)
+
+    try:
+        c.get_registered_model(name)
+    except MlflowException:
+        try:
+            c.create_registered_model(name, description=f"LoLCATs-linearized `{name.removeprefix('lolcats-')}`.")
+        except MlflowException:
+            pass  # created concurrently
+
+    if run_id is None:
+        exp = c.get_experiment_by_name(experiment or name)
+        exp_id = exp.experiment_id if exp else c.create_experiment(experiment or name)
+        run_id = c.create_run(exp_id, run_name=f"register-{info.fingerprint[:12]}",
+                              tags=info.tags()).info.run_id
+        own_run = True
+    else:
+        own_run = False
+    for k, v in (params or {}).items():
+        c.log_param(run_id, k, v)
+    for k, v in (metrics or {}).items():
+        if v is not None and math.isfinite(float(v)):
+            c.log_metric(run_id, k, float(v))
+    c.log_artifacts(run_id, str(src), "model")
+    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+    if own_run:
+        c.set_terminated(run_id)
+
+    tags = info.tags() | {f"metric.{k}": f"{float(v):.6g}" for k, v in (metrics or {}).items()}
+    desc = description
+    if metrics:
+        desc = (desc + "\n\n" if desc else "") + "### Evaluation\n\n" + \
+            metrics_markdown(metrics, teacher_metrics)
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, description=desc)
+
+    # Two racing registrations of the same inputs: keep the oldest, drop ours.
+    first = find_version(name, info.fingerprint, c)
+    if first is not None and int(first.version) < int(mv.version):
+        log.warning("%s: version %s duplicates %s (same fingerprint); deleting it",
+                    name, mv.version, first.version)
+        c.delete_model_version(name, mv.version)
+        return Registered(name, int(first.version), first.run_id, created=False)
+    if alias:
+        c.set_registered_model_alias(name, alias, mv.version)
+    log.info("registered %s version %s (%s)", name, mv.version, version_url(name, mv.version))
+    return Registered(name, int(mv.version), run_id, created=True)
+
+
+@dataclass
+class GateResult:
+    """Outcome of a quality gate: `passed` plus one human-readable line per check."""
+
+    passed: bool
+    checks: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return ("PASSED" if self.passed else "FAILED") + ": " + "; ".join(
+            f"{k}: {v}" for k, v in self.checks.items())
+
+
+def quality_gate(metrics: dict[str, float], teacher: dict[str, float],
+                 rules: dict[str, tuple[str, float]]) -> GateResult:
+    """Compare student `metrics` with the `teacher`'s by `rules`:
+
+    `{"ppl": ("max_ratio", 1.10)}`   student <= 1.10 * teacher (lower is better)
+    `{"acc": ("min_delta", -0.01)}`  student >= teacher - 0.01 (higher is better)
+    A metric missing on either side fails its check.
+    """
+    checks, ok = {}, True
+    for key, (kind, bound) in rules.items():
+        s, t = metrics.get(key), teacher.get(key)
+        if s is None or t is None or not math.isfinite(s):
+            checks[key], ok = f"missing or non-finite ({s} vs teacher {t})", False
+            continue
+        if kind == "max_ratio":
+            good = s <= bound * t
+            checks[key] = f"{s:.4g} vs teacher {t:.4g} (<= {bound:g}x): {'ok' if good else 'fail'}"
+        elif kind == "min_delta":
+            good = s >= t + bound
+            checks[key] = f"{s:.4g} vs teacher {t:.4g} (>= {bound:+g}): {'ok' if good else 'fail'}"
+        else:
+            raise ValueError(f"quality_gate: unknown rule kind {kind!r} for {key!r}; "
+                             "use 'max_ratio' or 'min_delta'")
+        ok &= good
+    return GateResult(ok, checks)
+
+
+def promote(name: str, version: int | str, gate: GateResult | bool, *,
+            alias: str = CHAMPION, tracking_uri: str | None = None) -> bool:
+    """Point `alias` (default `champion`) at `version` if the gate passed; record the gate
+    outcome as tags `gate.passed` / `gate.summary` either way. Returns whether it promoted."""
+    c = _client(tracking_uri)
+    result = gate if isinstance(gate, GateResult) else GateResult(bool(gate))
+    c.set_model_version_tag(name, str(version), "gate.passed", str(result.passed).lower())
+    if result.checks:
+        c.set_model_version_tag(name, str(version), "gate.summary", result.summary()[:5000])
+    if result.passed:
+        c.set_registered_model_alias(name, alias, str(version))
+        log.info("%s version %s promoted to @%s", name, version, alias)
+    else:
+        log.info("%s version %s not promoted: %s", name, version, result.summary())
+    return result.passed
+
+
+def version_by_alias(name: str, alias: str, tracking_uri: str | None = None) -> ModelVersion | None:
+    """The version `alias` points at, or None if the alias (or the model) does not exist."""
+    c = _client(tracking_uri)
+    try:
+        return c.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
