@@ -176,7 +176,7 @@ def _bwd_dkv_kernel(
 
 def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states, window: int,
                   linear: bool, scale: float, delta: int, chunk: int,
-                  num_warps: int = 4, num_stages: int = 2):
+                  num_warps: int = 8, num_stages: int = 1):
     """Gradients of the hybrid attention.
 
     Args:

@@ -63,16 +63,16 @@ def _decode_kernel(
             b_q = tl.load(q + i_bh * D + o_d, mask=m_d, other=0).to(tl.float32)
             b_num = tl.zeros([BD], dtype=tl.float32)
             b_den = 0.0
-            b_c = 0.0
+            b_e = 1.0  # exp(-c), c = 0 without a window
             if W > 0:
                 b_s = tl.where(b_ok, tl.sum(b_wk * b_q[None, :], 1) * scale, float("-inf"))
                 b_c = tl.maximum(tl.max(b_s, 0), 0.0)
                 b_a = tl.load(gamma + i_h).to(tl.float32) * tl.exp(b_s - b_c)
                 b_num += tl.sum(b_a[:, None] * b_wv, 0)
                 b_den += tl.sum(b_a, 0)
+                b_e = tl.exp(-b_c)
             if LINEAR:
                 b_qf = tl.load(qf + i_bh * F + o_f, mask=m_f, other=0).to(tl.float32)
-                b_e = tl.exp(-b_c)
                 b_num += b_e * tl.sum(b_qf[:, None] * b_S, 0)
                 b_den += b_e * tl.sum(b_qf * b_z, 0)
             b_y = b_num / tl.where(b_den > 0, b_den, 1.0)
@@ -117,6 +117,8 @@ def hybrid_decode_step_triton(
     scale = D**-0.5 if scale is None else scale
     if not torch.is_tensor(pos):
         pos = torch.tensor(pos, dtype=torch.int64).to(q.device, non_blocking=True)
+    if W == 0 and not linear:  # no key at all: the reference gives zeros
+        return torch.zeros_like(q)
     q, k, v, qf, kf_fold = (x.contiguous() for x in (q, k, v, qf, kf_fold))
     o = torch.empty_like(q)
     BD, BF = triton.next_power_of_2(D), triton.next_power_of_2(F)
