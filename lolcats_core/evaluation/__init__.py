@@ -1,0 +1,26 @@
+"""Evaluation: held-out perplexity, passkey retrieval, lm-eval tasks on local data, figures.
+
+`run_lm_eval` and `HFCausalLM` live in `lolcats_core.evaluation.harness` (needs the `eval`
+extra); everything here imports without lm-eval.
+"""
+
+from .config import TASK_NAMES, ZERO_SHOT_TASKS, EvalConfig
+from .passkey import PasskeyResult, passkey_retrieval
+from .perplexity import perplexity
+from .plots import plot_attention_mse, plot_passkey_heatmap
+from .report import compare_reports, comparison_table, evaluate_model, summary_metrics
+
+__all__ = [
+    "TASK_NAMES",
+    "ZERO_SHOT_TASKS",
+    "EvalConfig",
+    "PasskeyResult",
+    "compare_reports",
+    "comparison_table",
+    "evaluate_model",
+    "passkey_retrieval",
+    "perplexity",
+    "plot_attention_mse",
+    "plot_passkey_heatmap",
+    "summary_metrics",
+]
