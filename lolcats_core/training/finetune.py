@@ -1,0 +1,60 @@
+"""Stage 2, low-rank adjustment: LoRA on the attention projections, next-token loss."""
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
+
+
+def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over labelled tokens (labels -100 are ignored) and their count."""
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
+    target = labels[:, 1:]
+    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                       ignore_index=-100, reduction="sum")
+    count = int((target != -100).sum())
+    return loss / max(count, 1), count
+
+
+def held_out_loss(model: nn.Module, batches: Iterable[dict], device) -> float:
+    """Token-weighted mean next-token loss over `batches`."""
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            loss, n = next_token_loss(model, batch, device)
+            total, tokens = total + loss.item() * n, tokens + n
+    return total / max(tokens, 1)
+
+
+def lora_adjust(
+    model: nn.Module,
+    train_batches: BatchSource,
+    eval_batches: Iterable[dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    on_eval=None,
+) -> TrainResult:
+    """Run stage 2 on a `PeftModel` (see `lolcats_core.lora.add_lora`), then load the best LoRA."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    device = next(iter(params.values())).device
+    eval_batches = list(eval_batches)
+
+    def step(batch: dict, scale: float) -> dict:
+        model.train()
+        loss, _ = next_token_loss(model, batch, device)
+        (loss * scale).backward()
+        return {"loss": loss.item()}
+
+    def evaluate() -> tuple[float, dict]:
+        loss = held_out_loss(model, eval_batches, device)
+        return loss, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
+
+    result = train_loop("LoRA adjustment", params, step, evaluate, train_batches, cfg, out_dir, on_eval)
+    restore_best(params, out_dir)
+    return result

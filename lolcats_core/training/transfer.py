@@ -1,0 +1,98 @@
+"""Stage 1, attention transfer: train feature maps and gates to mimic softmax attention.
+
+Every linearized layer compares its student output with the teacher's (SDPA) output by MSE on
+the per-head outputs, and passes the teacher's output on (teacher forcing), so layers learn
+independently and one forward pass trains all of them. Each layer runs its backward as soon
+as its forward is done: only one layer's graph is alive at a time.
+"""
+
+import math
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from ..convert import freeze_for_attention_transfer, linearized_attentions
+from .loop import BatchSource, NonFiniteLossError, TrainConfig, TrainResult, restore_best, train_loop
+
+
+def attention_state_names(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Trainable stage-1 parameters by their name in the model."""
+    wanted = {id(p) for p in freeze_for_attention_transfer(model)}
+    return {n: p for n, p in model.named_parameters() if id(p) in wanted}
+
+
+@contextmanager
+def transfer_mode(model: nn.Module, train: bool, scale: float = 1.0):
+    """Install hooks that record per-layer MSE (and backpropagate it when `train`).
+
+    Yields a dict {layer_idx: [sum of MSE, count]} filled during forwards.
+    """
+    record: dict[int, list[float]] = {}
+
+    def hook(module, student: torch.Tensor, teacher: torch.Tensor) -> None:
+        loss = (student.float() - teacher.float()).square().mean()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"attention-transfer loss of layer {module.layer_idx} is {value}")
+        if train:
+            (loss * scale).backward()
+        acc = record.setdefault(module.layer_idx, [0.0, 0])
+        acc[0] += value
+        acc[1] += 1
+
+    attns = linearized_attentions(model)
+    for a in attns:
+        a.transfer_hook = hook
+    try:
+        yield record
+    finally:
+        for a in attns:
+            a.transfer_hook = None
+
+
+def _decoder(model: nn.Module) -> nn.Module:
+    return model.get_base_model().model if hasattr(model, "get_base_model") else model.model
+
+
+def layer_mse(model: nn.Module, batches: Iterable[dict], device) -> dict[int, float]:
+    """Mean held-out attention MSE per linearized layer."""
+    model.eval()
+    with torch.no_grad(), transfer_mode(model, train=False) as record:
+        for batch in batches:
+            _decoder(model)(input_ids=batch["input_ids"].to(device))
+    return {layer: s / n for layer, (s, n) in sorted(record.items())}
+
+
+def attention_transfer(
+    model: nn.Module,
+    train_batches: BatchSource,
+    eval_batches: Iterable[dict],
+    cfg: TrainConfig,
+    out_dir: Path,
+    on_eval=None,
+) -> tuple[TrainResult, dict[int, float]]:
+    """Run stage 1 (resuming from `out_dir/last` if present), then load the best parameters.
+
+    Returns the training result and the held-out MSE per layer of the best parameters.
+    """
+    params = attention_state_names(model)
+    device = next(iter(params.values())).device
+    eval_batches = list(eval_batches)
+
+    def step(batch: dict, scale: float) -> dict:
+        model.train()
+        with torch.no_grad(), transfer_mode(model, train=True, scale=scale) as record:
+            _decoder(model)(input_ids=batch["input_ids"].to(device))
+        per_layer = [s / n for s, n in record.values()]
+        return {"loss": sum(per_layer) / len(per_layer)}
+
+    def evaluate() -> tuple[float, dict]:
+        mse = layer_mse(model, eval_batches, device)
+        return sum(mse.values()) / len(mse), {f"mse/layer_{k}": v for k, v in mse.items()}
+
+    result = train_loop("attention transfer", params, step, evaluate, train_batches, cfg, out_dir, on_eval)
+    restore_best(params, out_dir)
+    return result, layer_mse(model, eval_batches, device)

@@ -1,0 +1,86 @@
+"""Stage 1 and stage 2 training: progress, exact resume, NaN handling."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from helpers import make_tiny_config
+from lolcats_core import LinearizeConfig, LoraSettings, add_lora, linearize
+from lolcats_core.training import (NonFiniteLossError, TrainConfig, attention_transfer, layer_mse,
+                                   lora_adjust)
+from lolcats_core.training.transfer import attention_state_names
+
+
+def _model():
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(make_tiny_config())
+    return linearize(model, LinearizeConfig(window=4, feature_dim=16))
+
+
+def batches(epoch: int, n: int = 4, T: int = 24):
+    g = torch.Generator().manual_seed(1000 + epoch)
+    ids = torch.randint(1, 127, (n, 2, T), generator=g)
+    return [{"input_ids": x, "labels": x.clone()} for x in ids]
+
+
+EVAL = batches(-1, n=2)
+
+
+def test_one_stage1_step_lowers_the_held_out_mse(tmp_path):
+    model = _model()
+    before = layer_mse(model, EVAL, "cpu")
+    cfg = TrainConfig(lr=1e-2, max_steps=1, eval_every=1)
+    _, after = attention_transfer(model, batches, EVAL, cfg, tmp_path)
+    assert set(after) == {0, 1}
+    assert all(after[k] < before[k] for k in before), (before, after)
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()
+            if "feature_map" in k or "window_gate" in k or "lora_" in k}
+
+
+@pytest.mark.parametrize("stage", ["transfer", "lora"])
+def test_resume_is_bit_identical(stage, tmp_path):
+    def run(out, steps):
+        model = _model()
+        if stage == "lora":
+            model = add_lora(model, LoraSettings(r=4, alpha=8))
+        cfg = TrainConfig(lr=1e-2 if stage == "transfer" else 1e-3, max_steps=steps, eval_every=2,
+                          grad_accum=2, plateau_patience=0)
+        if stage == "transfer":
+            attention_transfer(model, batches, EVAL, cfg, out)
+        else:
+            lora_adjust(model, batches, EVAL, cfg, out)
+        return model
+
+    straight = run(tmp_path / "a", 6)
+    run(tmp_path / "b", 2)  # stop after 2 steps (a checkpoint exists) ...
+    resumed = run(tmp_path / "b", 6)  # ... and a fresh process resumes to 6
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys() and a
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state_a = load_file(tmp_path / "a" / "last" / "tensors.safetensors")
+    state_b = load_file(tmp_path / "b" / "last" / "tensors.safetensors")
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a if not k.startswith("rng"))
+
+
+def test_nan_loss_stops_with_step_and_layer_and_keeps_the_checkpoint(tmp_path):
+    model = _model()
+    attention_transfer(model, batches, EVAL, TrainConfig(max_steps=1, eval_every=1), tmp_path)
+    good = load_file(tmp_path / "last" / "tensors.safetensors")
+    before = {k: v.detach().clone() for k, v in attention_state_names(model).items()}
+
+    def poisoned(epoch):  # the second micro-batch holds token 127, whose embedding is NaN
+        out = batches(epoch)
+        out[1]["input_ids"][0, 3] = 127
+        return out
+
+    with torch.no_grad():
+        model.model.embed_tokens.weight[127] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"stopped at step 2: attention-transfer loss of layer 0 is nan"):
+        attention_transfer(model, poisoned, EVAL, TrainConfig(max_steps=4, eval_every=1), tmp_path)
+    after = load_file(tmp_path / "last" / "tensors.safetensors")
+    assert all(torch.equal(good[k], after[k]) for k in good)
+    assert all(torch.equal(before[k], p) for k, p in attention_state_names(model).items())
