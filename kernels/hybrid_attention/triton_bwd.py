@@ -89,10 +89,11 @@ def _bwd_dq_kernel(
         b_dg += tl.sum(b_dw * b_ew, 1)
         b_dq += tl.dot((b_dw * b_ew * b_g).to(b_k.dtype), b_k)
         if LINEAR:
-            b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
-            lin = (diff >= W) & m_j[None, :]
-            b_dp = tl.where(lin, b_dw * b_e[:, None], 0.0)
-            b_dqf += tl.dot(b_dp.to(b_kf.dtype), b_kf)
+            if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
+                b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
+                lin = (diff >= W) & m_j[None, :]
+                b_dp = tl.where(lin, b_dw * b_e[:, None], 0.0)
+                b_dqf += tl.dot(b_dp.to(b_kf.dtype), b_kf)
 
     tl.store(dq + p_qd, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
     if LINEAR:
@@ -154,18 +155,18 @@ def _bwd_dkv_kernel(
                 win = (diff >= 0) & (diff < W) & m_j[:, None]
                 b_ew = tl.where(win, tl.exp(tl.dot(b_k, tl.trans(b_q)) * scale - b_c[None, :]), 0.0)
                 b_w = b_g * b_ew
-                if LINEAR:
-                    b_qf = tl.load(qf + i_bh * T * F + o_i[:, None] * F + o_f[None, :],
-                                   mask=m_i[:, None] & m_f[None, :], other=0)
-                    lin = (diff >= W) & m_j[:, None]
-                    b_e = tl.exp(-b_c)
-                    b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
-                b_dv += tl.dot((b_w * b_inv[None, :]).to(b_do.dtype), b_do)
                 b_dw = (tl.dot(b_v.to(b_do.dtype), tl.trans(b_do)) - b_delta[None, :]) * b_inv[None, :]
-                b_dk += tl.dot((b_dw * b_g * b_ew).to(b_q.dtype), b_q)
+                b_dk += tl.dot((b_dw * b_w).to(b_q.dtype), b_q)
                 if LINEAR:
-                    b_dp = tl.where(lin, b_dw * b_e[None, :], 0.0)
-                    b_dkf += tl.dot(b_dp.to(b_qf.dtype), b_qf)
+                    if (n - i_c) * BT + BT - 1 >= W:  # some of these queries see keys as linear
+                        b_qf = tl.load(qf + i_bh * T * F + o_i[:, None] * F + o_f[None, :],
+                                       mask=m_i[:, None] & m_f[None, :], other=0)
+                        lin = (diff >= W) & m_j[:, None]
+                        b_e = tl.exp(-b_c)
+                        b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
+                        b_dp = tl.where(lin, b_dw * b_e[None, :], 0.0)
+                        b_dkf += tl.dot(b_dp.to(b_qf.dtype), b_qf)
+                b_dv += tl.dot((b_w * b_inv[None, :]).to(b_do.dtype), b_do)
         if LINEAR:
             b_dkf = tl.where(m_j[:, None], b_dkf, 0.0)
             tl.store(dkf + i_hk * T * F + o_j[:, None] * F + o_f[None, :],
@@ -176,7 +177,7 @@ def _bwd_dkv_kernel(
 
 def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states, window: int,
                   linear: bool, scale: float, delta: int, chunk: int,
-                  num_warps: int = 8, num_stages: int = 1):
+                  num_warps: int = 8, num_stages: int = 2):
     """Gradients of the hybrid attention.
 
     Args:

@@ -65,10 +65,11 @@ def _fwd_kernel(
         b_mn = tl.maximum(b_m, tl.max(b_s, 1))
         b_w = b_g * tl.exp(b_s - b_mn[:, None])
         if LINEAR:
-            b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
-            lin = (diff >= W) & m_j[None, :]
-            b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
-            b_w += b_p * tl.exp(-b_mn)[:, None]
+            if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
+                b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
+                lin = (diff >= W) & m_j[None, :]
+                b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
+                b_w += b_p * tl.exp(-b_mn)[:, None]
         b_alpha = tl.exp(b_m - b_mn)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_v.dtype), b_v)
         b_den = b_den * b_alpha + tl.sum(b_w, 1)
@@ -82,7 +83,7 @@ def _fwd_kernel(
 
 
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,
-                  scale: float, delta: int, chunk: int, num_warps: int = 4, num_stages: int = 2):
+                  scale: float, delta: int, chunk: int, num_warps: int = 4, num_stages: int = 1):
     """Launch the forward kernel.
 
     Args:

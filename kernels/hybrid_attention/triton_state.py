@@ -74,25 +74,28 @@ def _state_bwd_kernel(
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     b_dz = tl.zeros([BK], dtype=tl.float32)
-    for i in range(0, N):
-        c = N - 1 - i
+    for c in range(tl.maximum(N - 1 - DELTA, 0), N):  # chunks that no query block reads as far
         tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         if i_v == 0:
             tl.store(dz + c * F + o_k, b_dz, mask=m_k)
-        if c + DELTA < N:  # query block c + delta joins the far queries of chunks < c
-            o_t = (c + DELTA) * BT + tl.arange(0, BT)
-            m_t = o_t < T
-            for r in range(0, RQ):
-                i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
-                b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
-                               mask=m_t[:, None] & m_k[None, :], other=0)
-                b_do = tl.load(do + i_h * T * D + o_t[:, None] * D + o_v[None, :],
-                               mask=m_t[:, None] & m_v[None, :], other=0)
-                b_c = tl.load(cs + i_h * T + o_t, mask=m_t, other=0)
-                b_u = tl.exp(-b_c) * tl.load(inv_den + i_h * T + o_t, mask=m_t, other=0)
-                b_r = b_u * tl.load(delta + i_h * T + o_t, mask=m_t, other=0)
-                b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
-                b_dz += tl.sum(b_qf.to(tl.float32) * b_r[:, None], 0)
+    for i in range(DELTA + 1, N):
+        c = N - 1 - i
+        o_t = (c + DELTA + 1) * BT + tl.arange(0, BT)  # the query block that joins at chunk c
+        m_t = o_t < T
+        for r in range(0, RQ):
+            i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
+            b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
+                           mask=m_t[:, None] & m_k[None, :], other=0)
+            b_do = tl.load(do + i_h * T * D + o_t[:, None] * D + o_v[None, :],
+                           mask=m_t[:, None] & m_v[None, :], other=0)
+            b_c = tl.load(cs + i_h * T + o_t, mask=m_t, other=0)
+            b_u = tl.exp(-b_c) * tl.load(inv_den + i_h * T + o_t, mask=m_t, other=0)
+            b_r = b_u * tl.load(delta + i_h * T + o_t, mask=m_t, other=0)
+            b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
+            b_dz += tl.sum(b_qf.to(tl.float32) * b_r[:, None], 0)
+        tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
+        if i_v == 0:
+            tl.store(dz + c * F + o_k, b_dz, mask=m_k)
 
 
 def _blocks(F: int, D: int) -> tuple[int, int]:

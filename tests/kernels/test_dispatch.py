@@ -25,6 +25,7 @@ def test_cpu_uses_reference_path(monkeypatch):
     torch.testing.assert_close(y, hybrid_attention_naive(*x, 5), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors in Triton kernels need the interpreter")
 def test_forced_triton_matches_reference(monkeypatch):
     pytest.importorskip("triton")
     monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
@@ -57,3 +58,13 @@ def test_decode_fallback_on_strided_state(monkeypatch):
              torch.zeros(B, H, D, F).transpose(-1, -2), torch.zeros(B, H, F)]
     with pytest.warns(RuntimeWarning, match="contiguous"):
         hybrid_decode_step(q, k, v, qf, kf, torch.rand(H), *state, torch.tensor(3), torch.ones(B, dtype=torch.bool))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_tensors_use_kernels():
+    x = [t.cuda() for t in inputs(torch.bfloat16)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = hybrid_attention(*x, 5)
+    ref = hybrid_attention_naive(*(t.float() for t in x), 5)
+    assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-2
