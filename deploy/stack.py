@@ -205,7 +205,7 @@ def read_pid(cfg: Config, svc: str) -> int | None:
     return pid if marker in cmdline and state != "Z" else None
 
 
-def _spawn(svc: str, cfg: Config, env: dict[str, str]) -> int:
+def _spawn(svc: str, cfg: Config, env: dict[str, str]) -> subprocess.Popen:
     for sub in ("pids", "logs", "weed", "prefect", "mlflow"):
         (cfg.run_dir / sub).mkdir(parents=True, exist_ok=True)
     log = open(cfg.log_file(svc), "ab")
@@ -216,7 +216,7 @@ def _spawn(svc: str, cfg: Config, env: dict[str, str]) -> int:
                             start_new_session=True)  # own process group: down kills children too
     log.close()
     cfg.pid_file(svc).write_text(f"{proc.pid}\n")
-    return proc.pid
+    return proc
 
 
 def _port_free(port: int) -> bool:
@@ -296,29 +296,29 @@ def _s3_bucket_ready(cfg: Config) -> bool:
 TIMEOUTS = {"s3": 30, "prefect": 90, "mlflow": 120, "worker": 60}
 
 
-def wait_healthy(svc: str, cfg: Config, pid: int) -> float:
-    """Block until `svc` is healthy; raise StackError naming port and log if it is not."""
+def wait_healthy(svc: str, cfg: Config, pid: int, proc: subprocess.Popen | None = None) -> float:
+    """Block until `svc` is healthy; raise StackError naming port and log if it is not.
+    `proc` (when we started it) is polled so that an exit is seen only once it is complete,
+    with the whole error in the log."""
     t0, since = time.monotonic(), time.time()
     while time.monotonic() - t0 < TIMEOUTS[svc]:
         if healthy(svc, cfg, since=since if svc == "worker" else None):
             return time.monotonic() - t0
-        if read_pid(cfg, svc) != pid:
+        if (proc.poll() is not None) if proc else read_pid(cfg, svc) != pid:
+            cfg.pid_file(svc).unlink(missing_ok=True)
             raise StackError(_failure(svc, cfg, "exited during start-up"))
         time.sleep(0.5)
     raise StackError(_failure(svc, cfg, f"not healthy after {TIMEOUTS[svc]} s"))
 
 
 def _failure(svc: str, cfg: Config, what: str) -> str:
-    tail = ""
     try:
         lines = cfg.log_file(svc).read_text(errors="replace").splitlines()[-15:]
-        tail = "\n    " + "\n    ".join(lines)
     except FileNotFoundError:
-        pass
-    hint = ("is the Prefect server healthy and the work pool name right?" if svc == "worker" else
-            f"is the port in use by another program? set LOLCATS_PORT_OFFSET or "
-            f"LOLCATS_{svc.upper()}_PORT to move it")
-    return f"{svc} ({HOST}:{cfg.port_of(svc)}) {what}; see {cfg.log_file(svc)} ({hint}).{tail}"
+        lines = ["(no log written)"]
+    hint = " Is the Prefect server healthy and the work pool name right?" if svc == "worker" else ""
+    return (f"{svc} ({HOST}:{cfg.port_of(svc)}) {what}; log: {cfg.log_file(svc)}.{hint} "
+            "Last log lines:\n    " + "\n    ".join(lines))
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -338,9 +338,9 @@ def _start_one(svc: str, cfg: Config, env: dict[str, str]) -> str:
         raise StackError(f"{svc} cannot start: port(s) {busy} on {HOST} are already in use by "
                          f"another program (another stack? `deploy/stack.sh status`); set "
                          f"LOLCATS_PORT_OFFSET or the LOLCATS_*_PORT variables to move it")
-    pid = _spawn(svc, cfg, env)
-    took = wait_healthy(svc, cfg, pid)
-    return f"{svc:8s} started       pid {pid} ({took:.1f} s)"
+    proc = _spawn(svc, cfg, env)
+    took = wait_healthy(svc, cfg, proc.pid, proc)
+    return f"{svc:8s} started       pid {proc.pid} ({took:.1f} s)"
 
 
 def up(cfg: Config, services: list[str]) -> None:

@@ -3,14 +3,14 @@
 An artifact is a directory of files stored under a key (e.g. `ckpt/smollm2-135m/<fp>/stage1`).
 Layout in the bucket:
 
-    <key>/.uploads/<upload_id>/<relative file path>   the files of one upload attempt
-    <key>/.uploads/<upload_id>/MANIFEST.json          sha256 + size of every file, written last
+    <key>/_uploads/<upload_id>/<relative file path>   the files of one upload attempt
+    <key>/_uploads/<upload_id>/MANIFEST.json          sha256 + size of every file, written last
     <key>/COMPLETE                                    {"upload_id", "manifest_sha256"}: the commit
 
 The files go to a fresh upload prefix, then the manifest, then the single-object COMPLETE
 marker, so an artifact becomes visible in one atomic PUT. Readers (`is_complete`,
 `download_dir`) trust only what COMPLETE points at and verify every hash; an upload that dies
-half-way leaves files under `.uploads/` that nothing reads. Every S3 call is retried with
+half-way leaves files under `_uploads/` that nothing reads. Every S3 call is retried with
 exponential backoff on connection errors and 5xx answers until `LOLCATS_S3_RETRY_SECONDS`
 (default 120 s) have passed, so an S3 server that goes away mid-upload only delays it.
 
@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 MARKER = "COMPLETE"
 MANIFEST = "MANIFEST.json"
-UPLOADS = ".uploads"
+UPLOADS = "_uploads"  # not ".uploads": SeaweedFS omits dot-folders from listings
 
 
 class ArtifactError(RuntimeError):
