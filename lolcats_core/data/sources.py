@@ -62,7 +62,7 @@ def read_sharegpt(path: str | Path) -> list[list[dict]]:
         except json.JSONDecodeError as err:
             if complete_file:
                 raise DataError(f"{path}: malformed JSON in item {len(items)}: {err}") from None
-            logger.warning("%s: truncated after %d complete items; dropping the rest", path, len(items))
+            logger.info("%s: truncated after %d complete items; dropping the rest", path, len(items))
             break
         items.append(item)
     conversations = [_parse_conversation(item, index, path) for index, item in enumerate(items)]
