@@ -89,7 +89,9 @@ class PasskeyGenerator:
         needle = self._encode(NEEDLE.format(key=key))
         n_hay = length - len(self.intro) - len(needle) - len(self.question)
         if n_hay < 0:
-            raise DataError(f"passkey length {length} is too short: the prompt needs at least {length - n_hay} tokens")
+            raise DataError(
+                f"passkey length {length} is too short: the prompt needs at least {length - n_hay} tokens"
+            )
         offset = rng.randrange(len(self.haystack))
         filler = self.haystack[(offset + np.arange(n_hay)) % len(self.haystack)].tolist()
         cut = round(depth * n_hay)

@@ -129,7 +129,9 @@ def _build(config: DataConfig, tokenizer, progress: bool) -> tuple[dict[str, Dat
             if len(ids) < quota:
                 logger.warning("%s/%s: %d of %d rows (the source ran out)", source, split, len(ids), quota)
             rows[split].append((source, ids, labels))
-            stats["sources"][f"{source}/{split}"] = {"rows": len(ids), "requested": quota, "dropped_unlabelled": dropped}
+            stats["sources"][f"{source}/{split}"] = {
+                "rows": len(ids), "requested": quota, "dropped_unlabelled": dropped,
+            }  # fmt: skip
     splits = {}
     for split, parts in rows.items():
         n_rows = sum(len(p[1]) for p in parts)
@@ -196,4 +198,9 @@ def _write(target: Path, data: DatasetDict, manifest: dict) -> None:
     data.save_to_disk(str(staging))
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    try:
+        os.replace(staging, target)
+    except OSError:
+        if not (target / MANIFEST).is_file():
+            raise
+        shutil.rmtree(staging)  # a concurrent run with the same fingerprint finished first

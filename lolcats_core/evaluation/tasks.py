@@ -118,7 +118,8 @@ def mmlu(num_fewshot: int = 5) -> dict[str, LocalTask]:
         f"mmlu_{s}": _task(
             f"mmlu_{s}", partial(_mmlu_splits, root / s), test_split="test", fewshot_split="dev",
             fewshot_config={"sampler": "first_n"}, num_fewshot=num_fewshot,
-            description=f"The following are multiple choice questions (with answers) about {s.replace('_', ' ')}.\n\n",
+            description=f"The following are multiple choice questions (with answers) about {s.replace('_', ' ')}."
+            "\n\n",
             doc_to_text=_mmlu_text, doc_to_target=lambda d: d["answer"], doc_to_choice=["A", "B", "C", "D"],
             metric_list=ACC,
         )

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from lolcats_core.data import DataConfig, DataError, prepare_dataset, read_sharegpt, read_text_files
+from lolcats_core.data import DataConfig, DataError, load_prepared, prepare_dataset, read_sharegpt, read_text_files
 
 
 def test_missing_sharegpt_file(tmp_path, tokenizer):
@@ -73,3 +73,8 @@ def test_sequence_longer_than_the_model_allows(tmp_path, tokenizer):
 def test_config_errors_name_the_field(fields, message):
     with pytest.raises(DataError, match=message):
         DataConfig(**fields)
+
+
+def test_loading_a_folder_without_manifest(tmp_path):
+    with pytest.raises(DataError, match=r"lolcats_data\.json: missing or malformed manifest"):
+        load_prepared(tmp_path)

@@ -63,7 +63,8 @@ def test_five_item_task_runs_through_lm_eval(tiny_lm, tokenizer, task, metric):
 
 
 def test_task_definitions_read_local_data():
-    docs = {name: next(iter(build_tasks(name).values())) for name in ("piqa", "arc_easy", "hellaswag", "winogrande")}
+    names = ("piqa", "arc_easy", "hellaswag", "winogrande")
+    docs = {name: next(iter(build_tasks(name).values())) for name in names}
     assert len(docs["piqa"].eval_docs) == 1838
     assert len(docs["arc_easy"].eval_docs) == 570
     doc = docs["hellaswag"].eval_docs[0]

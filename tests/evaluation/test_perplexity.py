@@ -26,13 +26,14 @@ def test_perplexity_matches_a_hand_computed_token_mean(tiny_lm, heldout):
         logprobs = torch.log_softmax(tiny_lm(input_ids=ids).logits[:, :-1].double(), dim=-1)
     targets = labels[:, 1:]
     scored = targets != -100
-    nll = -logprobs.gather(-1, targets.clamp(min=0)[..., None])[..., 0][scored]
+    token_nll = -logprobs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    nll = token_nll[scored]
     result = perplexity(tiny_lm, data, batch_size=2, progress=False)
     assert result["tokens"] == int(scored.sum()) == 5 * 23 - 9 - 19
     assert result["nll"] == pytest.approx(nll.mean().item(), rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(nll.mean().item()), rel=1e-5)
     # token-weighted: not the mean of per-row perplexities
-    rows = [math.exp(nll_row.mean()) for nll_row in (-logprobs.gather(-1, targets.clamp(min=0)[..., None])[..., 0]).unbind()]
+    rows = [math.exp(row[keep].mean()) for row, keep in zip(token_nll, scored)]
     assert result["perplexity"] != pytest.approx(sum(rows) / len(rows), rel=1e-6)
 
 
