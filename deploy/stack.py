@@ -356,6 +356,11 @@ def up(cfg: Config, services: list[str]) -> None:
                 print(f.result(), flush=True)
             except StackError as e:
                 errors.append(str(e))
+    if not errors and "prefect" in services:
+        try:
+            _ensure_pools(cfg, env)
+        except StackError as e:
+            errors.append(str(e))
     if not errors and "worker" in services:
         try:
             print(_start_one("worker", cfg, env), flush=True)
@@ -368,6 +373,22 @@ def up(cfg: Config, services: list[str]) -> None:
     print(f"stack up in {cfg.run_dir}  (source {env_file} for the endpoints)")
     print(f"  Prefect UI  http://{HOST}:{cfg.prefect_port}\n  MLflow UI   {cfg.mlflow_uri}\n"
           f"  S3 API      {cfg.s3_endpoint}  bucket {cfg.bucket}")
+
+
+def _ensure_pools(cfg: Config, env: dict[str, str]) -> None:
+    """Create the work pools deploy/prefect.yaml names (`local`, `gpu`) as process pools if
+    missing: `prefect deploy` refuses a deployment whose pool does not exist. Locally `gpu` has
+    no worker (its runs wait); on a cluster it is a Kubernetes pool (deploy/CLUSTER.md)."""
+    missing = [p for p in dict.fromkeys([cfg.work_pool, "gpu"])
+               if _http_ok(f"{cfg.prefect_api}/work_pools/{p}") is None]
+    procs = {p: subprocess.Popen([_bin("prefect"), "work-pool", "create", p, "--type", "process"],
+                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for p in missing}
+    for pool, proc in procs.items():
+        out = proc.communicate(timeout=120)[0]
+        if proc.returncode != 0 and _http_ok(f"{cfg.prefect_api}/work_pools/{pool}") is None:
+            raise StackError(f"prefect: could not create work pool {pool!r}: {out[-500:]}")
+        print(f"{'prefect':8s} created work pool {pool!r} (type process)", flush=True)
 
 
 def _wait_weed_lock_free(cfg: Config, timeout: float = 40) -> None:
