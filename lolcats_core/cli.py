@@ -98,6 +98,46 @@ def cmd_generate(args) -> None:
                        streamer=TextStreamer(tok, skip_prompt=True, skip_special_tokens=True))
 
 
+def _setup_logging() -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def cmd_linearize(args) -> None:
+    from .pipeline import attention_transfer_step, evaluate_step, lora_step, prepare_data
+    from .run_config import load_run_config
+    from .summary import format_summary
+
+    _setup_logging()
+    cfg = load_run_config(args.config, args.profile, args.set)
+    print(f"linearizing {cfg.model} ({cfg.name}) on {cfg.resolved_device()}, output in {cfg.output_dir}/{cfg.name}")
+    data = prepare_data(cfg)
+    stage1 = attention_transfer_step(cfg, data)
+    stage2 = lora_step(cfg, data, stage1)
+    teacher = evaluate_step(cfg, data, None, "teacher")
+    student = evaluate_step(cfg, data, stage2["model"], "linearized")
+    print(format_summary(cfg, data, stage1, stage2, teacher["report"], student["report"]))
+
+
+def cmd_evaluate(args) -> None:
+    import torch
+
+    from .evaluation import EvalConfig, evaluate_model
+    from .run_config import load_run_config
+
+    _setup_logging()
+    cfg = load_run_config(args.config, args.profile, args.set)
+    model, tok = load_for_inference(args.model)
+    from .pipeline import prepare_data
+
+    data = prepare_data(cfg)
+    eval_cfg = EvalConfig(**{**cfg.eval.__dict__, "output_dir": args.output_dir})
+    with torch.no_grad():
+        report = evaluate_model(model, tok, eval_cfg, heldout=data.validation, name=Path(args.model).name)
+    print(json.dumps(report, indent=1, default=str))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lolcats",
@@ -126,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linearize", action="store_true", help="linearize a base model before generating")
     _add_linearize_args(p)
     p.set_defaults(func=cmd_generate)
+
+    for name, helptext in (("linearize", "run attention transfer, LoRA and evaluation from a config"),
+                           ("evaluate", "evaluate a checkpoint with a config's evaluation settings")):
+        p = sub.add_parser(name, help=helptext, description=helptext)
+        p.add_argument("--config", required=True, help="YAML run config, e.g. configs/smollm2-135m.yaml")
+        p.add_argument("--profile", help="profile of the config to apply (cpu-smoke, gpu, ...)")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a setting, e.g. --set stage1.lr=0.001 (repeatable)")
+        if name == "evaluate":
+            p.add_argument("--model", required=True, help="checkpoint directory or preset")
+            p.add_argument("--output-dir", help="where figures are written")
+        p.set_defaults(func=cmd_linearize if name == "linearize" else cmd_evaluate)
     return parser
 
 

@@ -1,0 +1,173 @@
+"""The linearizing pipeline as separate, resumable steps (the Prefect tasks wrap these).
+
+    prepare_data -> attention_transfer_step -> lora_step -> evaluate_step (teacher and student)
+
+Each step's output directory is named by a fingerprint of its inputs and completed by a
+`done.json` marker written last, so a re-run with the same inputs skips finished steps, and
+an interrupted step resumes from its trainer checkpoint.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .checkpoint import load_linearized, save_linearized
+from .convert import linearize
+from .data import PreparedData, make_dataloader, prepare_dataset
+from .evaluation import EvalConfig, evaluate_model, plot_attention_mse
+from .lora import add_lora
+from .presets import load_base_model, model_config, resolve
+from .run_config import RunConfig
+from .training import attention_transfer, lora_adjust
+
+log = logging.getLogger("lolcats.pipeline")
+DONE = "done.json"
+
+
+def fingerprint(*parts) -> str:
+    """Stable short hash of JSON-able parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_done(step_dir: Path) -> dict | None:
+    """The completion record of a step directory, or None if the step has not finished."""
+    marker = Path(step_dir) / DONE
+    return json.loads(marker.read_text()) if marker.is_file() else None
+
+
+def _finish(step_dir: Path, record: dict) -> dict:
+    tmp = step_dir / (DONE + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.rename(step_dir / DONE)
+    return record
+
+
+def _batches(data: PreparedData, batch_size: int, seed: int):
+    def source(epoch: int):
+        for input_ids, labels in make_dataloader(data.train, batch_size, seed=seed, epoch=epoch):
+            yield {"input_ids": input_ids, "labels": labels}
+    return source
+
+
+def _eval_batches(data: PreparedData, batch_size: int, limit: int = 16):
+    loader = make_dataloader(data.validation, batch_size, shuffle=False, drop_last=False)
+    out = []
+    for input_ids, labels in loader:
+        out.append({"input_ids": input_ids, "labels": labels})
+        if len(out) * batch_size >= limit:
+            break
+    return out
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
+    """Tokenize, pack and store the linearizing data (cached by content fingerprint)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.model)[0])
+    max_positions = getattr(model_config(cfg.model), "max_position_embeddings", None)
+    return prepare_dataset(cfg.data, tokenizer, max_positions=max_positions)
+
+
+def _load_base(cfg: RunConfig):
+    model, tokenizer, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device=cfg.resolved_device())
+    return model, tokenizer, ref
+
+
+def stage1_dir(cfg: RunConfig, base_fp: str, data_fp: str) -> Path:
+    fp = fingerprint("stage1", base_fp, cfg.linearize.to_dict(), asdict(cfg.stage1), data_fp)
+    return Path(cfg.output_dir) / cfg.name / f"stage1-{fp}"
+
+
+def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) -> dict:
+    """Stage 1 into its fingerprinted directory; returns the completion record."""
+    model, tokenizer, ref = _load_base(cfg)
+    out = stage1_dir(cfg, ref.fingerprint, data.fingerprint)
+    if (done := read_done(out)) is not None:
+        log.info("stage 1 already done: %s", out)
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    linearize(model, cfg.linearize)
+    seq_len = cfg.data.seq_len
+    start = time.perf_counter()
+    if cfg.stage1.enabled:
+        train_cfg = cfg.stage1.train
+        train_cfg.max_steps = cfg.stage1.steps_for(seq_len)
+        result, mse = attention_transfer(model, _batches(data, cfg.stage1.batch_size, train_cfg.seed),
+                                         _eval_batches(data, cfg.stage1.batch_size), train_cfg,
+                                         out / "trainer", on_eval=on_eval)
+        steps, history = result.steps, result.history
+        plot_attention_mse(mse, out / "attention_mse.png", title=f"{cfg.name}: held-out attention MSE")
+    else:
+        steps, history, mse = 0, [], {}
+    seconds = time.perf_counter() - start
+    save_linearized(model, out / "model", tokenizer=tokenizer)
+    tokens = steps * cfg.stage1.batch_size * cfg.stage1.train.grad_accum * seq_len
+    return _finish(out, {
+        "step": "attention_transfer", "dir": str(out), "model": str(out / "model"), "steps": steps,
+        "tokens": tokens, "seconds": round(seconds, 1), "layer_mse": {str(k): v for k, v in mse.items()},
+        "history": history, "base": ref.to_dict(), "data_fingerprint": data.fingerprint,
+        "trainable_parameters": sum(p.numel() for n, p in model.named_parameters()
+                                    if "feature_map" in n or "window_gate" in n),
+    })
+
+
+def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) -> dict:
+    """Stage 2 from the stage-1 checkpoint; returns the completion record."""
+    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2))
+    out = Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
+    if (done := read_done(out)) is not None:
+        log.info("stage 2 already done: %s", out)
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    device = cfg.resolved_device()
+    model = load_linearized(stage1["model"], dtype=cfg.torch_dtype(), device=device)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(stage1["model"])
+    seq_len = cfg.data.seq_len
+    start = time.perf_counter()
+    steps, history = 0, []
+    if cfg.stage2.enabled:
+        model = add_lora(model, cfg.stage2.lora)
+        train_cfg = cfg.stage2.train
+        train_cfg.max_steps = cfg.stage2.steps_for(seq_len)
+        result = lora_adjust(model, _batches(data, cfg.stage2.batch_size, train_cfg.seed),
+                             _eval_batches(data, cfg.stage2.batch_size), train_cfg, out / "trainer",
+                             on_eval=on_eval)
+        steps, history = result.steps, result.history
+    seconds = time.perf_counter() - start
+    save_linearized(model, out / "model", tokenizer=tokenizer)
+    return _finish(out, {
+        "step": "lora_adjust", "dir": str(out), "model": str(out / "model"), "steps": steps,
+        "tokens": steps * cfg.stage2.batch_size * cfg.stage2.train.grad_accum * seq_len,
+        "seconds": round(seconds, 1), "history": history,
+        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    })
+
+
+def evaluate_step(cfg: RunConfig, data: PreparedData, model_path: str | None, name: str) -> dict:
+    """Evaluate a checkpoint (or the teacher when `model_path` is None); cached by fingerprint."""
+    eval_cfg = EvalConfig(**{**asdict(cfg.eval), "output_dir": None})
+    fp = fingerprint("eval", model_path or cfg.model, asdict(eval_cfg), data.fingerprint)
+    out = Path(cfg.output_dir) / cfg.name / f"eval-{name}-{fp}"
+    if (done := read_done(out)) is not None:
+        return done
+    out.mkdir(parents=True, exist_ok=True)
+    eval_cfg.output_dir = str(out)
+    if model_path is None:
+        model, tokenizer, _ = _load_base(cfg)
+    else:
+        from transformers import AutoTokenizer
+
+        model = load_linearized(model_path, dtype=cfg.torch_dtype(), device=cfg.resolved_device())
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+    with torch.no_grad():
+        report = evaluate_model(model, tokenizer, eval_cfg, heldout=data.validation, name=name)
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    return _finish(out, {"step": "evaluate", "dir": str(out), "name": name, "report": report})

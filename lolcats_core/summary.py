@@ -1,0 +1,23 @@
+"""The final summary of a linearization run: quality table, budget and wall time."""
+
+from .evaluation import compare_reports
+from .run_config import RunConfig
+
+
+def format_summary(cfg: RunConfig, data, stage1: dict, stage2: dict, teacher: dict, student: dict) -> str:
+    """Markdown summary: teacher vs linearized metrics, tokens, trainable parameters, time."""
+    lines = [
+        f"## {cfg.name}: {cfg.model} linearized ({cfg.linearize.attention}, window {cfg.linearize.window}, "
+        f"{cfg.linearize.feature_map})",
+        "",
+        compare_reports(teacher, student, names=("teacher", "linearized")),
+        "",
+        "| stage | tokens | trainable parameters | wall time (s) |",
+        "|---|---|---|---|",
+        f"| attention transfer | {stage1['tokens']:,} | {stage1['trainable_parameters']:,} | {stage1['seconds']} |",
+        f"| LoRA adjustment | {stage2['tokens']:,} | {stage2['trainable_parameters']:,} | {stage2['seconds']} |",
+        "",
+        f"device: {cfg.resolved_device()}, data fingerprint {data.fingerprint[:16]}, "
+        f"checkpoint: {stage2['model']}",
+    ]
+    return "\n".join(lines)
