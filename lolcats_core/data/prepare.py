@@ -155,8 +155,9 @@ def _streams(source: str, paths: list[Path], config: DataConfig, tokenizer) -> d
         generator = PasskeyGenerator(tokenizer, paths[0], config.passkey_digits)
         return {
             split: generator.training_documents(
-                config.seq_len, random.Random(f"{config.seed}-passkey-{split}"), config.mask_prompt
-            )
+                config.passkey_lengths or [config.seq_len], config.passkey_depths,
+                random.Random(f"{config.seed}-passkey-{split}"), config.mask_prompt,
+            )  # fmt: skip
             for split in ("validation", "train")
         }
     if source == "sharegpt":
@@ -195,7 +196,8 @@ def _write(target: Path, data: DatasetDict, manifest: dict) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     shutil.rmtree(staging, ignore_errors=True)
-    data.save_to_disk(str(staging))
+    # an empty split saved with the default (zero) shards cannot be loaded back
+    data.save_to_disk(str(staging), num_shards={split: 1 for split, rows in data.items() if len(rows) == 0})
     (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     shutil.rmtree(target, ignore_errors=True)
     try:

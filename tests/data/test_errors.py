@@ -68,6 +68,8 @@ def test_sequence_longer_than_the_model_allows(tmp_path, tokenizer):
         ({"seq_len": 0}, "seq_len must be a positive integer"),
         ({"seq_len": 128, "train_tokens": 64}, "train_tokens=64 is smaller than one sequence"),
         ({"seq_len": 128, "val_tokens": 64}, "val_tokens must be 0 .* or at least one sequence"),
+        ({"seq_len": 128, "passkey_lengths": [256]}, "passkey_lengths must be positive and at most seq_len=128"),
+        ({"passkey_depths": [-0.1]}, r"passkey_depths must lie in \[0, 1\]"),
     ],
 )
 def test_config_errors_name_the_field(fields, message):

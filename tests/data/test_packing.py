@@ -83,3 +83,12 @@ def test_validation_documents_are_not_in_training(mixed):
     _, data = mixed
     text = lambda split: {tuple(r["input_ids"][:32]) for r in split if r["source"] != "passkey"}  # noqa: E731
     assert not text(data.train) & text(data.validation)
+
+
+def test_short_passkey_samples_are_packed_together(tokenizer, tmp_path):
+    config = DataConfig(mix={"passkey": 1.0}, seq_len=256, passkey_lengths=[128], passkey_depths=[0.5],
+                        train_tokens=256 * 2, val_tokens=0, cache_dir=str(tmp_path))  # fmt: skip
+    data = prepare_dataset(config, tokenizer, progress=False)
+    for row in data.train:
+        assert tokenizer.decode(row["input_ids"]).count("What is the pass key?") == 2
+        assert sum(label != -100 for label in row["labels"]) == 2 * 6  # two answers " ddddd"

@@ -47,11 +47,14 @@ def test_too_short_or_bad_depth(generator):
         generator.sample(512, 1.5, random.Random(0))
 
 
-def test_training_documents_fill_a_row_and_label_only_the_answer(generator, tokenizer):
-    docs = generator.training_documents(300, random.Random(0), mask_prompt=True)
-    for _ in range(5):
+def test_training_documents_have_the_drawn_length_and_label_only_the_answer(generator, tokenizer):
+    docs = generator.training_documents([300, 500], [0.0, 1.0], random.Random(0), mask_prompt=True)
+    lengths = set()
+    for _ in range(12):
         ids, labels = next(docs)
-        assert ids.shape == labels.shape == (300,)
+        assert ids.shape == labels.shape and len(ids) in (300, 500)
+        lengths.add(len(ids))
         answer = labels[labels != -100]
         assert tokenizer.decode(answer).strip().isdigit()
         assert np.array_equal(answer, ids[-len(answer) :])
+    assert lengths == {300, 500}
