@@ -40,3 +40,15 @@ bench: install
 
 clean:
 	rm -rf .venv runs .pytest_cache
+
+# The local service stack (Prefect server + worker, MLflow, SeaweedFS S3): see deploy/README.md.
+.PHONY: stack-up stack-down browser
+stack-up: install
+	bash deploy/stack.sh up
+
+stack-down:
+	bash deploy/stack.sh down
+
+# Headless Chromium + Selenium for the registry browser test.
+browser: install
+	bash deploy/install_browser.sh
