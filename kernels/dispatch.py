@@ -19,6 +19,10 @@ from .hybrid_decode.naive import hybrid_decode_step_naive
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 256
+# A one-token prefill (T = 1, with one feature head for two query heads) hit an illegal memory
+# access on an H100 that the interpreter's bounds checks do not reproduce; until that is
+# understood, sequences this short (where the kernel gains nothing) take the PyTorch path.
+_MIN_KERNEL_LEN = 16
 
 
 @functools.cache
@@ -65,6 +69,8 @@ def hybrid_attention(
     kf (B, Hk, T, F), gamma (H,), key_valid (B, T) bool or None -> (B, H, T, D)."""
     if _wants_triton(q):
         reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
+        if reason is None and q.shape[2] < _MIN_KERNEL_LEN:
+            reason = f"sequences shorter than {_MIN_KERNEL_LEN} tokens run on the PyTorch path"
         if reason is None:
             from .hybrid_attention.triton_function import hybrid_attention_triton
 

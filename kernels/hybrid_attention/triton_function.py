@@ -8,9 +8,12 @@ from .triton_fwd import attention_fwd
 from .triton_state import state_bwd, state_fwd
 
 
-def default_chunk(D: int, F: int) -> int:
-    """Query/key block length BT: 64, or 32 when a head or feature dimension exceeds 128."""
-    return 64 if max(D, F) <= 128 else 32
+def default_chunk(D: int, F: int, element_size: int) -> int:
+    """Query/key block length BT: 64 for 16-bit inputs with D, F <= 128, halved for fp32 and
+    again for dimensions above 128, so that the backward tiles fit in shared memory (fp32 at
+    D = F = 128 with BT = 64 needs 228 KiB, over the H100's 227 KiB)."""
+    chunk = 64 // max(1, element_size // 2)
+    return max(16, chunk // 2 if max(D, F) > 128 else chunk)
 
 
 def window_blocks(window: int, chunk: int) -> int:
@@ -72,13 +75,13 @@ def hybrid_attention_triton(
     fp32). `dispatch.hybrid_attention` checks these and falls back otherwise.
 
     Args:
-        chunk_size: block length BT (a power of two >= 16), default `default_chunk(D, F)`.
+        chunk_size: block length BT (a power of two >= 16), default `default_chunk`.
     Returns:
         (B, H, T, D) in q's dtype.
     """
     D, F = q.shape[-1], qf.shape[-1]
     scale = D**-0.5 if scale is None else scale
-    chunk = chunk_size or default_chunk(D, F)
+    chunk = chunk_size or default_chunk(D, F, max(q.element_size(), qf.element_size()))
     if q.shape[2] == 0:
         return torch.empty_like(q)
     return HybridAttentionFunction.apply(q, k, v, qf, kf, gamma, int(window), bool(linear), float(scale),

@@ -68,3 +68,13 @@ def test_cuda_tensors_use_kernels():
         y = hybrid_attention(*x, 5)
     ref = hybrid_attention_naive(*(t.float() for t in x), 5)
     assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-2
+
+
+def test_short_sequences_take_reference_path(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
+    dispatch._warn_once.cache_clear()
+    x = [t[:, :, :3] for t in inputs()[:5]] + [inputs()[5]]
+    with pytest.warns(RuntimeWarning, match="shorter than"):
+        y = hybrid_attention(*x, 2)
+    torch.testing.assert_close(y, hybrid_attention_naive(*x, 2), atol=1e-5, rtol=1e-5)
