@@ -96,7 +96,10 @@ def client(settings: S3Settings | None = None):
         "s3", endpoint_url=s.endpoint, region_name=s.region,
         aws_access_key_id=s.access_key, aws_secret_access_key=s.secret_key,
         config=BotoConfig(retries={"max_attempts": 1, "mode": "standard"},
-                          connect_timeout=3, read_timeout=30, s3={"addressing_style": "path"}),
+                          connect_timeout=3, read_timeout=30,
+                          # SeaweedFS/MinIO want path-style; AWS prefers virtual-hosted
+                          s3={"addressing_style": "virtual" if "amazonaws.com" in s.endpoint
+                              else "path"}),
     )
 
 
