@@ -10,6 +10,8 @@ A run config names the base model and holds one section per pipeline step:
     stage2: {batch_size, tokens | max_steps, lr, lora: {...}, ...}  # LoRA adjustment
     eval: {...}                    # EvalConfig fields
     profiles: {cpu-smoke: {<overrides>}, gpu: {...}}
+
+`extends: base.yaml` at the top of a file merges it over another config (ablations).
 """
 
 import copy
@@ -124,19 +126,29 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """Read a config file; `extends: other.yaml` (relative to it) is merged underneath."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} extends itself (cycle through {[str(p) for p in seen]})")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(tree).__name__}")
+    parent = tree.pop("extends", None)
+    if parent is None:
+        return tree
+    return _merge(read_yaml(path.parent / parent, seen + (path.resolve(),)), tree)
+
+
 def load_run_config(path: str | Path | None = None, profile: str | None = None,
                     overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
     """Read a YAML run config, apply a profile and overrides, validate every section."""
     if tree is None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            tree = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"config file {p} must hold a mapping, got {type(tree).__name__}")
+        tree = read_yaml(Path(path))
     unknown = sorted(set(tree) - TOP_LEVEL)
     if unknown:
         raise ConfigError(f"unknown top-level setting(s) {unknown}; known: {sorted(TOP_LEVEL)}")

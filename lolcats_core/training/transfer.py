@@ -19,9 +19,12 @@ from .loop import BatchSource, NonFiniteLossError, TrainConfig, TrainResult, res
 
 
 def attention_state_names(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Trainable stage-1 parameters by their name in the model."""
+    """Trainable stage-1 parameters by their name in the model, kept in fp32 for the optimizer."""
     wanted = {id(p) for p in freeze_for_attention_transfer(model)}
-    return {n: p for n, p in model.named_parameters() if id(p) in wanted}
+    params = {n: p for n, p in model.named_parameters() if id(p) in wanted}
+    for p in params.values():
+        p.data = p.data.float()
+    return params
 
 
 @contextmanager
