@@ -126,14 +126,13 @@ def _build(config: DataConfig, tokenizer, progress: bool) -> tuple[dict[str, Dat
         for split in ("validation", "train"):
             quota = quotas[split][source]
             ids, labels, dropped = pack(streams[split], config.seq_len, quota, f"{source}/{split}", progress)
-            if len(ids) < quota:
-                logger.warning("%s/%s: %d of %d rows (the source ran out)", source, split, len(ids), quota)
             rows[split].append((source, ids, labels))
-            stats["sources"][f"{source}/{split}"] = {
-                "rows": len(ids), "requested": quota, "dropped_unlabelled": dropped,
-            }  # fmt: skip
+            stats["sources"][f"{source}/{split}"] = {"requested": quota, "dropped_unlabelled": dropped}
     splits = {}
-    for split, parts in rows.items():
+    for split, packed in rows.items():
+        parts = _keep_mix(packed, quotas[split], split)
+        for source, ids, _ in parts:
+            stats["sources"][f"{source}/{split}"]["rows"] = len(ids)
         n_rows = sum(len(p[1]) for p in parts)
         if sum(quotas[split].values()) and n_rows == 0:
             raise DataError(
@@ -167,6 +166,18 @@ def _streams(source: str, paths: list[Path], config: DataConfig, tokenizer) -> d
         pieces = [piece for _, text in read_text_files(paths) for piece in split_text(text)]
         stream = tokenize_texts(shuffled(pieces, config.seed), tokenizer)
     return {"validation": stream, "train": stream}
+
+
+def _keep_mix(parts: list[tuple[str, np.ndarray, np.ndarray]], quotas: dict[str, int], split: str) -> list:
+    """When a source ran out, trim the others so the split keeps the configured proportions."""
+    scale = min((len(ids) / quotas[source] for source, ids, _ in parts if quotas[source]), default=1.0)
+    if scale >= 1.0:
+        return parts
+    short = [f"{s}: {len(ids)} of {quotas[s]} rows" for s, ids, _ in parts if len(ids) < quotas[s]]
+    logger.warning("%s split: sources ran out (%s); keeping the mix at %.0f%% of the budget",
+                   split, ", ".join(short), 100 * scale)  # fmt: skip
+    keep = {source: min(len(ids), round(quotas[source] * scale)) for source, ids, _ in parts}
+    return [(source, ids[: keep[source]], labels[: keep[source]]) for source, ids, labels in parts]
 
 
 def _allocate(weights: dict[str, float], total: int) -> dict[str, int]:

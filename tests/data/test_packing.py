@@ -92,3 +92,14 @@ def test_short_passkey_samples_are_packed_together(tokenizer, tmp_path):
     for row in data.train:
         assert tokenizer.decode(row["input_ids"]).count("What is the pass key?") == 2
         assert sum(label != -100 for label in row["labels"]) == 2 * 6  # two answers " ddddd"
+
+
+def test_a_source_that_runs_out_keeps_the_mix(tokenizer, tmp_path):
+    (tmp_path / "small.txt").write_text("A short essay about nothing in particular.\n" * 120)
+    config = DataConfig(mix={"text": 0.5, "passkey": 0.5}, text_paths=[str(tmp_path / "small.txt")], seq_len=128,
+                        train_tokens=128 * 40, val_tokens=0, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    data = prepare_dataset(config, tokenizer, progress=False)
+    sources = data.train["source"]
+    assert 0 < sources.count("text") < 20 and sources.count("passkey") == sources.count("text")
+    assert data.manifest["stats"]["sources"]["passkey/train"] == {"requested": 20, "rows": sources.count("passkey"),
+                                                                  "dropped_unlabelled": 0}  # fmt: skip
