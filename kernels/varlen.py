@@ -1,0 +1,57 @@
+"""Hybrid attention over variable-length sequences packed into one row (`cu_seqlens`).
+
+The packed tokens are scattered into a right-padded batch (one row per sequence, padding keys
+masked out through `key_valid`), run through `dispatch.hybrid_attention` (Triton kernel or
+PyTorch path), and gathered back. Exact — every sequence sees only its own keys — and
+differentiable; the price is the padding of each sequence up to the longest one.
+"""
+
+import torch
+
+from .dispatch import hybrid_attention
+
+
+def _pad(x: torch.Tensor, index: torch.Tensor, num: int, max_len: int) -> torch.Tensor:
+    """(1, Hx, Ttot, E) -> (num, Hx, max_len, E), token t of the packed row to slot index[t]."""
+    _, Hx, _, E = x.shape
+    out = x.new_zeros(num * max_len, Hx, E)
+    out = out.index_copy(0, index, x[0].transpose(0, 1))
+    return out.view(num, max_len, Hx, E).transpose(1, 2)
+
+
+def hybrid_attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    gamma: torch.Tensor,
+    window: int,
+    cu_seqlens: torch.Tensor,
+    linear: bool = True,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Hybrid attention of packed sequences, each attending only to itself.
+
+    Args:
+        q: (1, H, Ttot, D), k, v: (1, Hkv, Ttot, D), qf: (1, H, Ttot, F), kf: (1, Hk, Ttot, F):
+            the sequences concatenated along time.
+        gamma, window, linear, scale: as `hybrid_attention_naive`.
+        cu_seqlens: (S + 1,) int, cumulative lengths starting at 0 and ending at Ttot.
+    Returns:
+        (1, H, Ttot, D) in q's dtype.
+    """
+    lengths = cu_seqlens.diff().tolist()
+    num, max_len, total = len(lengths), max(lengths, default=0), q.shape[2]
+    if total == 0 or max_len == 0:
+        return torch.zeros_like(q)
+    dev = q.device
+    seq = torch.repeat_interleave(torch.arange(num, device=dev), torch.tensor(lengths, device=dev))
+    offset = torch.arange(total, device=dev) - cu_seqlens.to(dev)[seq]
+    index = seq * max_len + offset
+    key_valid = torch.zeros(num * max_len, dtype=torch.bool, device=dev)
+    key_valid[index] = True
+    padded = [_pad(x, index, num, max_len) for x in (q, k, v, qf, kf)]
+    y = hybrid_attention(*padded, gamma, window, linear, scale, key_valid.view(num, max_len))
+    y = y.transpose(1, 2).reshape(num * max_len, q.shape[1], q.shape[3])[index]
+    return y.transpose(0, 1).unsqueeze(0)
