@@ -19,9 +19,11 @@ from .hybrid_decode.naive import hybrid_decode_step_naive
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 256
-# A one-token prefill (T = 1, with one feature head for two query heads) hit an illegal memory
-# access on an H100 that the interpreter's bounds checks do not reproduce; until that is
-# understood, sequences this short (where the kernel gains nothing) take the PyTorch path.
+# A one-token prefill with one feature head for two query heads (T = 1, Hk = 1) hit an illegal
+# memory access on an H100 that the interpreter's bounds checks do not reproduce. Triton
+# compiles a separate variant for integer arguments equal to 1, so both T = 1 and Hk = 1 are
+# suspects: until that is understood, sequences this short (where the kernel gains nothing)
+# and a single feature head on CUDA take the PyTorch path.
 _MIN_KERNEL_LEN = 16
 
 
@@ -71,6 +73,8 @@ def hybrid_attention(
         reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
         if reason is None and q.shape[2] < _MIN_KERNEL_LEN:
             reason = f"sequences shorter than {_MIN_KERNEL_LEN} tokens run on the PyTorch path"
+        if reason is None and q.is_cuda and kf.shape[1] == 1 < q.shape[1]:
+            reason = "a single feature head (Hk = 1) is not yet validated on GPU"
         if reason is None:
             from .hybrid_attention.triton_function import hybrid_attention_triton
 

@@ -72,6 +72,7 @@ CASES = [  # B, H, Hkv, Hk, T, window, linear, key_valid
     (1, 4, 2, 4, 40, 9, False, True),  # sliding window only
     pytest.param(1, 2, 1, 1, 1, 3, True, False, marks=pytest.mark.skipif(  # one token
         CUDA, reason="illegal memory access on H100, see kernels/dispatch.py _MIN_KERNEL_LEN")),
+    (1, 2, 1, 1, 40, 3, True, False),  # one feature head for two query heads
 ]
 
 
