@@ -307,3 +307,24 @@ def delete_artifact(key: str, settings: S3Settings | None = None) -> int:
                                                                Delete={"Objects": objs}), s)
             n += len(objs)
     return n
+
+
+def gc_uploads(key: str, older_than_s: float = 3600, settings: S3Settings | None = None) -> int:
+    """Delete upload attempts under `key` that COMPLETE does not point at and that are older
+    than `older_than_s` (abandoned or superseded uploads). Returns the number of objects."""
+    s = settings or S3Settings.from_env()
+    s3, key = client(s), key.strip("/")
+    got = _get_json(s3, s.bucket, f"{key}/{MARKER}", s)
+    live = got[0]["upload_id"] if got else None
+    cutoff, doomed = time.time() - older_than_s, []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=s.bucket,
+                                                             Prefix=f"{key}/{UPLOADS}/"):
+        for o in page.get("Contents", []):
+            upload_id = o["Key"][len(f"{key}/{UPLOADS}/"):].split("/", 1)[0]
+            if upload_id != live and o["LastModified"].timestamp() < cutoff:
+                doomed.append({"Key": o["Key"]})
+    for i in range(0, len(doomed), 1000):
+        batch = doomed[i:i + 1000]
+        _retry("delete old uploads", lambda: s3.delete_objects(Bucket=s.bucket,
+                                                               Delete={"Objects": batch}), s)
+    return len(doomed)

@@ -115,6 +115,8 @@ def stack(tmp_path_factory):
     }
     env = dict(os.environ) | {k: str(v) for k, v in ports.items()} | {
         "LOLCATS_S3_BUCKET": "lolcats-test", "PREFECT_WORKER_QUERY_SECONDS": "1",
+        # a queued run of a busy deployment is re-checked after this (default 30 s)
+        "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3",
         "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
         "AWS_DEFAULT_REGION": "us-east-1", "LOLCATS_S3_RETRY_SECONDS": "60",
     }

@@ -48,6 +48,10 @@ def test_round_trip_and_idempotent_reupload(stack, tmp_path):
     assert m2["upload_id"] != m["upload_id"]
     A.download_dir(key, tmp_path / "dst2")
     assert (tmp_path / "dst2" / "sub" / "config.json").read_text() == '{"a": 2}'
+    # The superseded upload can be collected; the live one is kept.
+    assert A.gc_uploads(key, older_than_s=0) == len(m["files"]) + 1  # its files + manifest
+    assert A.gc_uploads(key, older_than_s=0) == 0 and A.is_complete(key)
+    assert A.delete_artifact(key) > 0 and not A.is_complete(key)
 
 
 def test_tampered_object_is_detected(stack, tmp_path):
