@@ -6,7 +6,7 @@
 
 Services: `s3` (SeaweedFS `weed mini`), `prefect` (server on SQLite), `mlflow` (server on
 SQLite, artifacts proxied to S3) and `worker` (Prefect process worker on pool `local`).
-RUN_DIR (default `runs/stack`) holds everything: `pids/<svc>.pid`, `logs/<svc>.log`, the
+RUN_DIR (default `<repo>/runs/stack`, or $LOLCATS_STACK_DIR) holds everything: `pids/<svc>.pid`, `logs/<svc>.log`, the
 data of each service and `stack.env` (endpoints only, no secrets) to `source` in a shell.
 
 `up` is idempotent: running services are left alone, missing ones are started; S3, Prefect
@@ -80,7 +80,8 @@ class Config:
     @classmethod
     def from_env(cls, run_dir: str | os.PathLike | None = None) -> "Config":
         return cls(
-            run_dir=Path(run_dir or os.environ.get("LOLCATS_STACK_DIR", "runs/stack")).resolve(),
+            run_dir=Path(run_dir or os.environ.get("LOLCATS_STACK_DIR") or REPO / "runs" / "stack"
+                         ).resolve(),
             prefect_port=_port("LOLCATS_PREFECT_PORT", 4200),
             mlflow_port=_port("LOLCATS_MLFLOW_PORT", 5000),
             s3_port=_port("LOLCATS_S3_PORT", 8333),
