@@ -150,14 +150,13 @@ def tokenize_conversations(
     """
     if not getattr(tokenizer, "chat_template", None):
         raise DataError("the tokenizer has no chat_template; use the 'text' source for this model")
-    skipped = 0
     for start in range(0, len(conversations), batch_size):
         rendered = []
         for messages in conversations[start : start + batch_size]:
             try:
                 rendered.append(_render(messages, tokenizer))
-            except TemplateError:
-                skipped += 1
+            except TemplateError as err:
+                logger.warning("skipping a conversation the chat template rejects: %s", err)
         if not rendered:
             continue
         encoded = tokenizer(
@@ -173,8 +172,6 @@ def tokenize_conversations(
             for lo, hi in spans:
                 keep |= (starts >= lo) & (starts < hi)
             yield ids, np.where(keep, ids, IGNORE_INDEX).astype(np.int32)
-    if skipped:
-        logger.warning("skipped %d conversations the chat template rejected", skipped)
 
 
 def _render(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
