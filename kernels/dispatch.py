@@ -33,6 +33,9 @@ def _warn_once(reason: str) -> None:
 
 
 def _wants_triton(x: torch.Tensor) -> bool:
+    """CUDA tensors take the kernels unless LOLCATS_KERNELS=torch; LOLCATS_FORCE_TRITON=1 forces them."""
+    if os.environ.get("LOLCATS_KERNELS") == "torch":
+        return False
     return x.is_cuda or os.environ.get("LOLCATS_FORCE_TRITON") == "1"
 
 

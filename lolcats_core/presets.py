@@ -20,6 +20,7 @@ from .errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+SMOLLM2_CACHE_FORMAT = 2  # bump when the cached copy's contents change
 
 
 @dataclass(frozen=True)
@@ -93,10 +94,15 @@ def smollm2_gguf() -> Path:
 def smollm2_dir() -> Path:
     """Directory of the dequantised SmolLM2 (created on first use, ~20 s on CPU)."""
     target = cache_dir() / "models" / "smollm2-135m"
-    if (target / "model.safetensors").exists() and (target / "lolcats_source.json").exists():
-        return target
+    source_file = target / "lolcats_source.json"
+    if (target / "model.safetensors").exists() and source_file.exists():
+        if json.loads(source_file.read_text()).get("format") == SMOLLM2_CACHE_FORMAT:
+            return target
     gguf = smollm2_gguf()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The GGUF's tokenizer names <|im_start|> as end of sequence and has no pad token; the chat
+    # model ends turns (and its generation config stops) at <|im_end|>.
+    tok.eos_token = tok.pad_token = "<|im_end|>"
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     model.hf_quantizer = None  # weights are already dense; GGUF models refuse to save otherwise
     if hasattr(model.config, "quantization_config"):
@@ -105,7 +111,7 @@ def smollm2_dir() -> Path:
     tmp = target.with_name(target.name + ".tmp")
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    source = {"gguf": gguf.name, "sha256": _sha256_file(gguf)}
+    source = {"gguf": gguf.name, "sha256": _sha256_file(gguf), "format": SMOLLM2_CACHE_FORMAT}
     (tmp / "lolcats_source.json").write_text(json.dumps(source, indent=1))
     if target.exists():
         import shutil

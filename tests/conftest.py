@@ -10,6 +10,10 @@ for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK"
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():
+    # Triton reads this when a kernel is decorated: set it before any test imports the kernels.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from helpers import make_tiny_config  # noqa: E402
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

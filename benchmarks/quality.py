@@ -1,0 +1,114 @@
+"""Quality benchmark: the LoLCATs recipe and the paper's ablation rows on the same data and budget.
+
+    python benchmarks/quality.py all --out DIR [--profile gpu] [--set key=value ...]
+
+Prepares the data once, evaluates the teacher once, runs every row (stage 1, stage 2, student
+evaluation) as a separate process in parallel on the same device, then writes DIR/results.md
+(the table, tokens, trainable parameters, wall time per stage, device, command) and
+DIR/results.json. Rows: configs/ablations/{t2r-swap,hedgehog-swap,hedgehog-window,lolcats}.yaml.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+ROWS = ["t2r-swap", "hedgehog-swap", "hedgehog-window", "lolcats"]
+
+
+def _cfg(row: str, args):
+    from lolcats_core.run_config import load_run_config
+
+    return load_run_config(ROOT / "configs" / "ablations" / f"{row}.yaml", args.profile,
+                           [f"output_dir={args.out}/runs", *args.set])
+
+
+def cmd_row(args) -> None:
+    from lolcats_core.pipeline import attention_transfer_step, evaluate_step, lora_step, prepare_data
+
+    cfg = _cfg(args.row, args)
+    data = prepare_data(cfg)
+    stage1 = attention_transfer_step(cfg, data)
+    stage2 = lora_step(cfg, data, stage1)
+    student = evaluate_step(cfg, data, stage2["model"], args.row)
+    out = {"row": args.row, "stage1": stage1, "stage2": stage2, "report": student["report"]}
+    (Path(args.out) / f"row-{args.row}.json").write_text(json.dumps(out, default=str))
+
+
+def cmd_teacher(args) -> None:
+    from lolcats_core.pipeline import evaluate_step, prepare_data
+
+    cfg = _cfg("lolcats", args)
+    data = prepare_data(cfg)
+    teacher = evaluate_step(cfg, data, None, "teacher")
+    (Path(args.out) / "row-teacher.json").write_text(json.dumps({"report": teacher["report"]}, default=str))
+
+
+def cmd_report(args) -> None:
+    from lolcats_core.evaluation import comparison_table
+
+    out = Path(args.out)
+    rows = {"teacher": json.loads((out / "row-teacher.json").read_text())}
+    for row in ROWS:
+        path = out / f"row-{row}.json"
+        if path.exists():
+            rows[row] = json.loads(path.read_text())
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    cmd = "python benchmarks/quality.py all --out OUT --profile " + args.profile + "".join(
+        f" --set {s}" for s in args.set)
+    lines = ["| row | stage-1 tokens | stage-2 tokens | stage-1 trainable | stage-2 trainable | "
+             "stage-1 s | stage-2 s |", "|---|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if name == "teacher":
+            continue
+        s1, s2 = r["stage1"], r["stage2"]
+        lines.append(f"| {name} | {s1['tokens']:,} | {s2['tokens']:,} | {s1['trainable_parameters']:,} | "
+                     f"{s2['trainable_parameters']:,} | {s1['seconds']} | {s2['seconds']} |")
+    text = "\n".join([
+        comparison_table({k: v["report"] for k, v in rows.items()}), "", *lines, "",
+        f"device: {device}; torch {torch.__version__}; wall time of the whole benchmark "
+        f"{args.elapsed:.0f} s (rows ran concurrently on the one GPU)", "", f"command: `{cmd}`"])
+    (out / "results.md").write_text(text + "\n")
+    print(text)
+
+
+def cmd_all(args) -> None:
+    start = time.perf_counter()
+    from lolcats_core.pipeline import prepare_data
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    prepare_data(_cfg("lolcats", args))  # once, before the concurrent rows read it
+    common = ["--out", args.out, "--profile", args.profile] + [x for s in args.set for x in ("--set", s)]
+    procs = {}
+    for row in ["teacher", *ROWS]:
+        argv = [sys.executable, __file__, "teacher" if row == "teacher" else "row"]
+        argv += ([] if row == "teacher" else ["--row", row]) + common
+        log = open(Path(args.out) / f"log-{row}.txt", "w")
+        procs[row] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log)
+    for row, (proc, log) in procs.items():
+        code = proc.wait()
+        log.close()
+        print(f"{row}: exit {code}", flush=True)
+    args.elapsed = time.perf_counter() - start
+    cmd_report(args)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("mode", choices=["all", "row", "teacher", "report"])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--row", choices=ROWS)
+    ap.add_argument("--profile", default="gpu")
+    ap.add_argument("--set", action="append", default=[])
+    args = ap.parse_args()
+    args.elapsed = 0.0
+    {"all": cmd_all, "row": cmd_row, "teacher": cmd_teacher, "report": cmd_report}[args.mode](args)
+
+
+if __name__ == "__main__":
+    main()
