@@ -107,7 +107,8 @@ def train_loop(
             it can name a layer; the loop checks "loss" otherwise.
         evaluate: held-out (score, metrics); lower score is better.
         batches: epoch -> iterable of micro-batches, the same for the same epoch.
-        on_eval: called with (step, metrics) after every evaluation (logging hooks).
+        on_eval: called with (step, metrics) after every evaluation and its checkpoint
+            (logging, shipping `out_dir/last` to an artifact store).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -162,9 +163,9 @@ def train_loop(
                 info["best_score"], info["best_step"] = score, info["step"]
                 save_file({k: p.detach().cpu().contiguous() for k, p in params.items()},
                           out_dir / "best.safetensors")
-            if on_eval is not None:
-                on_eval(info["step"], {**eval_metrics, "eval_score": score, "train_loss": metrics["loss"]})
             checkpoint()
+            if on_eval is not None:  # after the checkpoint, so a hook may ship it elsewhere
+                on_eval(info["step"], {**eval_metrics, "eval_score": score, "train_loss": metrics["loss"]})
     bar.close()
     return TrainResult(steps=info["step"], best_score=info["best_score"], best_step=info["best_step"],
                        history=info["history"], eval_metrics=eval_metrics)
