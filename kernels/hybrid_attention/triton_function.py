@@ -52,6 +52,8 @@ class HybridAttentionFunction(torch.autograd.Function):
         dq, dk, dv, dqf, dkf, dg = attention_bwd(
             q, k, v, qf, kf, g, o, do, cs, inv_den, valid, states, window, linear, scale, delta, chunk
         )
+        if not linear:  # gamma cancels between numerator and denominator: its gradient is exactly 0
+            dg = torch.zeros_like(dg)
         return dq, dk, dv, dqf, dkf, dg.to(gamma_dtype), None, None, None, None, None
 
 
