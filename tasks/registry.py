@@ -21,6 +21,7 @@ import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
@@ -120,7 +121,9 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
                      params: dict[str, object] | None = None, run_id: str | None = None,
                      experiment: str | None = None, description: str = "",
                      alias: str | None = CANDIDATE,
-                     tracking_uri: str | None = None) -> Registered:
+                     tracking_uri: str | None = None,
+                     log_model: Callable[[str, Path], tuple[str, str | None]] | None = None
+                     ) -> Registered:
     """Register `artifact_dir` as a new version of `name`, unless one with the same fingerprint
     exists (then return that one, `created=False`, touching nothing).
 
@@ -128,6 +131,10 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
     experiment `experiment` or `name` when None) together with `params` and `metrics`; the
     version gets `info.tags()`, `metric.<k>` tags, an evaluation table in its description and
     the alias `alias` (default `candidate`).
+
+    `log_model(run_id, artifact_dir) -> (source uri, model id or None)` replaces the plain
+    artifact copy, e.g. to log an MLflow pyfunc model (`tasks.pyfunc`); the version then
+    points at that logged model.
     """
     c = _client(tracking_uri)
     src = Path(artifact_dir)
@@ -160,8 +167,12 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
     for k, v in (metrics or {}).items():
         if v is not None and math.isfinite(float(v)):
             c.log_metric(run_id, k, float(v))
-    c.log_artifacts(run_id, str(src), "model")
-    source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+    model_id = None
+    if log_model is not None:
+        source, model_id = log_model(run_id, src)
+    else:
+        c.log_artifacts(run_id, str(src), "model")
+        source = f"{c.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
     if own_run:
         c.set_terminated(run_id)
 
@@ -170,7 +181,8 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
     if metrics:
         desc = (desc + "\n\n" if desc else "") + "### Evaluation\n\n" + \
             metrics_markdown(metrics, teacher_metrics)
-    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, description=desc)
+    mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, description=desc,
+                                model_id=model_id)
 
     # Two racing registrations of the same inputs: keep the oldest, drop ours.
     first = find_version(name, info.fingerprint, c)

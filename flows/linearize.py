@@ -1,0 +1,114 @@
+"""The `linearize` flow: prepare data -> attention transfer -> LoRA -> evaluate -> register.
+
+    prefect deployment run linearize/smollm2-135m          (deploy/prefect.yaml)
+    linearize(preset="smollm2-135m", profile="cpu-smoke")   (in-process)
+    linearize(config="path/run.yaml", overrides=["stage1.lr=0.005"])
+
+One MLflow run per flow run (experiment `lolcats-<name>`) holds params, step metrics, plots
+and evaluation JSON; the final checkpoint becomes a version of `lolcats-<name>` (alias
+`candidate`, `champion` if the config's gate passes). Every step is skipped when its
+fingerprinted output exists (locally or in S3), so a re-run with unchanged inputs costs
+seconds and registers nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `tasks` is a folder of the checkout
+    sys.path.insert(0, str(REPO))
+
+from prefect import flow, get_run_logger  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.context import get_run_context  # noqa: E402
+
+from flows import config as flow_config  # noqa: E402
+from tasks import health, tracking  # noqa: E402
+
+
+def retry_delays(default):
+    """Task retry delays: `LOLCATS_TASK_RETRY_DELAYS` ("2,5,10") or the tasks' backoff."""
+    raw = os.environ.get("LOLCATS_TASK_RETRY_DELAYS")
+    return [float(x) for x in raw.split(",")] if raw else default
+
+
+def start_tracking(cfg, preset: str | None, profile: str | None, overrides: list[str] | None) -> str:
+    """The MLflow run of this flow run, with the resolved config as params."""
+    from tasks.registry import git_commit, model_name
+
+    ctx = get_run_context()
+    fr = ctx.flow_run
+    run_id = tracking.start_run(model_name(cfg.name), run_name=fr.name, tags={
+        "prefect.flow_run_id": str(fr.id), "prefect.flow_run_name": fr.name,
+        "lolcats.preset": preset or "", "lolcats.profile": profile or "",
+        "lolcats.code_commit": git_commit(), "mlflow.source.name": "flows/linearize.py"})
+    tracking.log_params(run_id, tracking.flatten(cfg.source) | {
+        "profile": profile or "", "overrides": " ".join(overrides or [])})
+    return run_id
+
+
+@flow(name="linearize", log_prints=True)
+def linearize(preset: str = "smollm2-135m", profile: str | None = None,
+              overrides: list[str] | None = None, config: str | None = None) -> dict:
+    """Linearize the model of `configs/<preset>.yaml` (or of `config`, a YAML path) with
+    `profile` and `overrides` ("key=value") applied, evaluate it against the teacher and
+    register it. Returns {"registered": models:/..., "version", "created", "promoted", ...}."""
+    from lolcats_core.summary import format_summary
+
+    from tasks import evaluation, register, steps
+
+    logger = get_run_logger()
+    cfg = flow_config.load(preset, profile, overrides, config)  # fails fast on bad input
+    health.check_mlflow()
+    health.check_s3()
+    logger.info("linearizing %s (%s) on %s; outputs under %s/%s", cfg.model, cfg.name,
+                cfg.resolved_device(), cfg.output_dir, cfg.name)
+    opts = {"retry_delay_seconds": retry_delays(steps.BACKOFF)}
+    run_id = start_tracking(cfg, preset, profile, overrides)
+    status = "FAILED"
+    try:
+        data, base = steps.prepare_data.with_options(**opts)(cfg, run_id)
+        stage1 = steps.attention_transfer.with_options(**opts)(cfg, data, base, run_id)
+        stage2 = steps.lora_adjust.with_options(**opts)(cfg, data, stage1, run_id)
+        reports = {}
+        for name, path in (("teacher", None), ("linearized", stage2["model"])):
+            from tasks.metrics import merge_reports
+
+            passkey = evaluation.evaluate_passkey.with_options(**opts)(cfg, data, path, name, run_id)
+            lm = evaluation.evaluate_lm_eval.with_options(**opts)(cfg, data, path, name, run_id)
+            reports[name] = merge_reports(lm, passkey)
+        reg = register.register_model.with_options(**opts)(
+            cfg, run_id, stage1, stage2, reports["teacher"], reports["linearized"], data.fingerprint)
+        status = "FINISHED"
+    finally:
+        try:
+            tracking.end_run(run_id, status)
+        except Exception as e:  # noqa: BLE001 - do not hide the flow's own error
+            logger.warning("could not close MLflow run %s: %s", run_id, e)
+    summary = format_summary(cfg, data, stage1, stage2, reports["teacher"], reports["linearized"])
+    lines = [summary, "", f"quality gate: {reg['gate']}",
+             f"registered: {reg['uri']}" + ("" if reg["created"] else " (already registered; nothing new)"),
+             f"model version page: {reg['url']}"]
+    text = "\n".join(lines)
+    create_markdown_artifact(key=register.artifact_key("linearize-summary", cfg.name), markdown=text,
+                             description=f"linearize {cfg.name}")
+    print(text)
+    return {"registered": reg["uri"], "version": reg["version"], "created": reg["created"],
+            "promoted": reg["promoted"], "url": reg["url"], "mlflow_run_id": run_id,
+            "stage1_dir": stage1["dir"], "stage2_dir": stage2["dir"],
+            "stage1_steps": stage1["steps"], "stage2_steps": stage2["steps"]}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    p = argparse.ArgumentParser(description="run the linearize flow in this process")
+    p.add_argument("--preset", default="smollm2-135m")
+    p.add_argument("--profile")
+    p.add_argument("--config")
+    p.add_argument("--set", action="append", default=[])
+    a = p.parse_args()
+    linearize(preset=a.preset, profile=a.profile, overrides=a.set, config=a.config)

@@ -1,0 +1,152 @@
+"""Prefect tasks over the library's pipeline steps (`lolcats_core.pipeline`).
+
+Each task is a thin wrapper: it finds the step's fingerprinted directory, skips the work when
+the step finished before (local `done.json`, else the complete artifact in S3, downloaded),
+otherwise runs the step, publishes the finished directory to S3 (without trainer state) and
+logs to MLflow. Training stages resume from `trainer/last`, restored from S3 when the local
+disk lacks it; after every held-out evaluation the trainer folder is shipped to S3 again.
+
+Skipping is by fingerprint + done.json + S3 completeness (not Prefect's result cache, which
+would need the step's inputs hashed and results persisted twice): a re-run with unchanged
+inputs costs a base-model load and a few S3/MLflow calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from tasks import step_store, tracking
+
+RETRIES = 3
+BACKOFF = exponential_backoff(backoff_factor=10)  # 10, 20, 40 s (+ jitter)
+
+
+def _stage_hook(cfg, run_id: str | None, stage: str, step_dir: Path):
+    """on_eval(step, metrics) for a training stage: metrics to MLflow (best-effort), the
+    trainer checkpoint (written just before) to S3 (failures only warn: the final output
+    upload is retried by the task; the checkpoint only shortens a resume)."""
+    logger = get_run_logger()
+    key = step_store.checkpoint_key(cfg.name, step_dir)
+
+    def on_eval(step: int, metrics: dict) -> None:
+        tracking.log_metrics(run_id, metrics, step=step, prefix=f"{stage}.", strict=False)
+        try:
+            step_store.ship_checkpoint(step_dir / "trainer", key)
+            logger.info("%s: step %d checkpoint shipped to %s", stage, step, key)
+        except Exception as e:  # noqa: BLE001
+            logger.warning("%s: could not ship the step-%d checkpoint to S3 (%s); training "
+                           "goes on", stage, step, e)
+    return on_eval
+
+
+def _resume_note(stage: str, step_dir: Path, cfg) -> None:
+    step, where = step_store.restore_checkpoint(step_dir, step_store.checkpoint_key(cfg.name, step_dir))
+    logger = get_run_logger()
+    if step is None:
+        logger.info("%s: starting from scratch in %s", stage, step_dir)
+    else:
+        logger.info("%s: resuming from the step-%d checkpoint (%s) in %s", stage, step,
+                    "downloaded from S3" if where == "s3" else "found locally", step_dir)
+
+
+def _finish(cfg, run_id, stage: str, rec: dict, step_dir: Path, fresh: bool) -> dict:
+    """Publish a finished step, log its summary metrics and figures to MLflow."""
+    step_store.publish(step_dir, step_store.step_key(cfg.name, step_dir),
+                       metadata={"step": stage, "run": cfg.name})
+    summary = {k: rec[k] for k in ("steps", "tokens", "seconds", "trainable_parameters") if k in rec}
+    tracking.log_metrics(run_id, summary, prefix=f"{stage}.")
+    mse = {f"final_mse/layer_{k}": v for k, v in rec.get("layer_mse", {}).items()}
+    tracking.log_metrics(run_id, mse, prefix=f"{stage}.")
+    if not fresh:  # the per-evaluation history was not logged live this time
+        for h in rec.get("history", []):
+            tracking.log_metrics(run_id, {k: v for k, v in h.items() if k != "step"},
+                                 step=h["step"], prefix=f"{stage}.")
+    for png in step_dir.glob("*.png"):
+        tracking.log_artifact(run_id, png, f"plots/{stage}")
+    tracking.log_artifact(run_id, step_dir / "done.json", f"steps/{stage}")
+    return rec
+
+
+@task(name="prepare_data", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def prepare_data(cfg, run_id: str | None = None):
+    """Tokenized, packed training data (cached by content fingerprint) and the base model's
+    identity; the prepared dataset is published to S3 as `data/<fingerprint>`."""
+    from lolcats_core import pipeline
+    from lolcats_core.presets import load_base_model
+
+    from tasks import artifacts
+
+    logger = get_run_logger()
+    data = pipeline.prepare_data(cfg)
+    logger.info("data %s: %d train / %d validation rows (%s)", data.fingerprint[:16],
+                len(data.train), len(data.validation), "cache hit" if data.cache_hit else "prepared")
+    key = f"data/{data.fingerprint[:16]}"
+    if not artifacts.is_complete(key):
+        artifacts.upload_dir(data.path, key, metadata={"fingerprint": data.fingerprint})
+    model, _, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device="cpu")
+    del model
+    tracking.log_params(run_id, {"data_fingerprint": data.fingerprint, "base.id": ref.id,
+                                 "base.revision": ref.revision, "base.fingerprint": ref.fingerprint})
+    return data, ref.to_dict()
+
+
+@task(name="attention_transfer", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict:
+    """Stage 1 (skipped when done; resumed from the last checkpoint when interrupted)."""
+    from lolcats_core import pipeline
+
+    logger = get_run_logger()
+    cfg = copy.deepcopy(cfg)  # the library sets stage budgets on the config it is given
+    step_dir = pipeline.stage1_dir(cfg, base["fingerprint"], data.fingerprint)
+    rec, where = step_store.restore(step_dir, step_store.step_key(cfg.name, step_dir))
+    if rec is not None:
+        logger.info("attention_transfer: done before (%s), skipping: %s", where, step_dir)
+        return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=False)
+    _resume_note("attention_transfer", step_dir, cfg)
+    rec = pipeline.attention_transfer_step(cfg, data, on_eval=_stage_hook(cfg, run_id, "stage1", step_dir))
+    if Path(rec["dir"]).resolve() != step_dir.resolve():
+        raise RuntimeError(f"stage-1 directory mismatch: expected {step_dir}, the library wrote "
+                           f"{rec['dir']} (lolcats_core.pipeline.stage1_dir changed?)")
+    logger.info("attention_transfer: %d steps, %s tokens in %.0f s", rec["steps"], rec["tokens"], rec["seconds"])
+    return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=True)
+
+
+def stage2_dir(cfg, stage1: dict) -> Path:
+    """Where `pipeline.lora_step` writes (same formula as the library)."""
+    from lolcats_core.pipeline import fingerprint
+
+    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2))
+    return Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
+
+
+@task(name="lora_adjust", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+def lora_adjust(cfg, data, stage1: dict, run_id: str | None = None) -> dict:
+    """Stage 2 from the stage-1 checkpoint (skipped when done; resumed when interrupted)."""
+    from lolcats_core import pipeline
+
+    logger = get_run_logger()
+    cfg = copy.deepcopy(cfg)
+    step_dir = stage2_dir(cfg, stage1)
+    rec, where = step_store.restore(step_dir, step_store.step_key(cfg.name, step_dir))
+    if rec is not None:
+        logger.info("lora_adjust: done before (%s), skipping: %s", where, step_dir)
+        return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=False)
+    _resume_note("lora_adjust", step_dir, cfg)
+    rec = pipeline.lora_step(cfg, data, stage1, on_eval=_stage_hook(cfg, run_id, "stage2", step_dir))
+    if Path(rec["dir"]).resolve() != step_dir.resolve():
+        raise RuntimeError(f"stage-2 directory mismatch: expected {step_dir}, the library wrote "
+                           f"{rec['dir']} (lolcats_core.pipeline.lora_step changed?)")
+    logger.info("lora_adjust: %d steps, %s tokens in %.0f s", rec["steps"], rec["tokens"], rec["seconds"])
+    return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=True)
+
+
+def model_record(path: str) -> dict:
+    """The stage record of an existing checkpoint directory (for evaluation-only runs)."""
+    return {"model": str(path), "config": json.loads((Path(path) / "config.json").read_text())}
