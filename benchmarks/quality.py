@@ -60,7 +60,7 @@ def cmd_report(args) -> None:
             rows[row] = json.loads(path.read_text())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     cmd = "python benchmarks/quality.py all --out OUT --profile " + args.profile + "".join(
-        f" --set {s}" for s in args.set)
+        f" --set {s}" for s in args.set) + ("" if args.rows == ROWS else " --rows " + " ".join(args.rows))
     lines = ["| row | stage-1 tokens | stage-2 tokens | stage-1 trainable | stage-2 trainable | "
              "stage-1 s | stage-2 s |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -85,7 +85,7 @@ def cmd_all(args) -> None:
     prepare_data(_cfg("lolcats", args))  # once, before the concurrent rows read it
     common = ["--out", args.out, "--profile", args.profile] + [x for s in args.set for x in ("--set", s)]
     procs = {}
-    for row in ["teacher", *ROWS]:
+    for row in ["teacher", *args.rows]:
         argv = [sys.executable, __file__, "teacher" if row == "teacher" else "row"]
         argv += ([] if row == "teacher" else ["--row", row]) + common
         log = open(Path(args.out) / f"log-{row}.txt", "w")
@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--row", choices=ROWS)
     ap.add_argument("--profile", default="gpu")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS, help="rows to run (all: every row)")
     args = ap.parse_args()
     args.elapsed = 0.0
     {"all": cmd_all, "row": cmd_row, "teacher": cmd_teacher, "report": cmd_report}[args.mode](args)
