@@ -34,6 +34,6 @@ def test_packed_matches_per_sequence(monkeypatch, force_triton):
         ref = hybrid_attention_naive(*(x[:, :, part] for x in xs[:5]), xs[5], window)
         (ref * do[:, :, part]).sum().backward()
         refs.append(ref)
-    torch.testing.assert_close(y, torch.cat(refs, 2), atol=2e-3 if CUDA else 1e-5, rtol=1e-4)
+    torch.testing.assert_close(y, torch.cat(refs, 2), atol=5e-3 if CUDA else 1e-5, rtol=1e-4)  # tf32 dots on GPU
     for g, x in zip(grads, xs):
         torch.testing.assert_close(g, x.grad, atol=5e-3 if CUDA else 1e-4, rtol=1e-3)
