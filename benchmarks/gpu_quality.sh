@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Quality run on the GPU machine (after the payload from ../shared/gpu/stage.py is unpacked
+# Quality run on the GPU machine (after the payload of benchmarks/stage_gpu_payload.sh is unpacked
 # into ~/stage and its wheels into ~/site). Usage: bash benchmarks/gpu_quality.sh OUT_DIR [--set k=v ...]
 set -uo pipefail
 OUT=$1; shift
