@@ -35,3 +35,11 @@ def smollm2_dir():
     from lolcats_core.presets import smollm2_dir as _dir
 
     return _dir()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    """The real SmolLM2 tokenizer, as the smollm2-135m preset provides it (eos/pad <|im_end|>)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
