@@ -25,8 +25,8 @@ TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_l
             num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096)
 
 
-def build(kind: str, shape: dict, dtype, device) -> torch.nn.Module:
-    """Random-weight model of `shape`; `lolcats` linearizes every layer (window 64, Hedgehog)."""
+def build(kind: str, shape: dict, dtype, device, lin: LinearizeConfig) -> torch.nn.Module:
+    """Random-weight model of `shape`; `lolcats` linearizes every layer with `lin`."""
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(LlamaConfig(**shape), dtype=dtype)
     model = model.to_empty(device=device)
@@ -40,7 +40,7 @@ def build(kind: str, shape: dict, dtype, device) -> torch.nn.Module:
     # to_empty left the non-persistent RoPE frequencies uninitialised: rebuild the module
     model.model.rotary_emb = type(model.model.rotary_emb)(model.config, device=device)
     if kind == "lolcats":
-        linearize(model, LinearizeConfig(window=64, feature_dim=64))
+        linearize(model, lin)
         model.to(device=device, dtype=dtype)
     return model.eval()
 
@@ -96,14 +96,19 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=4096)
     ap.add_argument("--batches", default="1,16,64,256,1024,2048")
     ap.add_argument("--models", default="softmax,lolcats")
+    ap.add_argument("--feature-dim", type=int, default=64)
+    ap.add_argument("--per-head-key-maps", action="store_true",
+                    help="one key feature map per query head: 4x the decode state of the default "
+                         "(one per KV group; 72.5 vs 18 MiB per sequence at the 8B shape)")
     args = ap.parse_args()
+    lin = LinearizeConfig(window=64, feature_dim=args.feature_dim, share_key_map=not args.per_head_key_maps)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     for kind in args.models.split(","):
-        model = build(kind, TINY if args.tiny else LLAMA3_8B, dtype, device)
+        model = build(kind, TINY if args.tiny else LLAMA3_8B, dtype, device, lin)
         for batch in map(int, args.batches.split(",")):
             row = {"model": kind, **measure(model, batch, args.prompt, args.new_tokens, device)}
             results.append(row)
