@@ -23,6 +23,7 @@ from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from transformers.initialization import no_init_weights
 
 from .config import LinearizeConfig
 from .convert import linearize
@@ -189,7 +190,8 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
     lin = LinearizeConfig.from_dict(cfg.linearization)
     if cfg.weights.get("contents") == "full":
         base_cfg = AutoConfig.for_model(**copy.deepcopy(cfg.base_config))
-        model = AutoModelForCausalLM.from_config(base_cfg, dtype=dtype)
+        with no_init_weights():  # every weight comes from the file: skip the random init
+            model = AutoModelForCausalLM.from_config(base_cfg, dtype=dtype)
         model.config.lolcats_base = dict(cfg.base_model)
         linearize(model, lin)
         tied = {k for k in model.state_dict() if k not in state} if base_cfg.tie_word_embeddings else set()
