@@ -42,15 +42,20 @@ def download_checkpoint(name: str, mv, root: Path) -> Path:
     """The version's lolcats checkpoint under `root/<name>-v<n>` (downloaded once)."""
     import mlflow
 
+    from tasks.pyfunc import checkpoint_in
+
     target = root / f"{name}-v{mv.version}"
-    ckpt = target / "artifacts" / "checkpoint"
-    if not (ckpt / "config.json").is_file():
+    if not (target / "MLmodel").is_file():
         mlflow.set_tracking_uri(health.check_mlflow())
         mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}",
                                             dst_path=str(target))
-    if not (ckpt / "config.json").is_file():
-        raise FileNotFoundError(f"{name} v{mv.version} holds no lolcats checkpoint "
-                                f"(expected artifacts/checkpoint in {target})")
+    try:
+        ckpt = checkpoint_in(target)
+    except (OSError, KeyError, TypeError):
+        ckpt = None
+    if ckpt is None or not (ckpt / "config.json").is_file():
+        raise FileNotFoundError(f"{name} v{mv.version} is not a lolcats pyfunc model (no "
+                                f"`checkpoint` artifact in {target}/MLmodel)")
     return ckpt
 
 

@@ -36,7 +36,8 @@ def _evaluate(cfg, data, model_path: str | None, name: str, part: str, run_id: s
     return report
 
 
-@task(name="evaluate_passkey", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+@task(name="evaluate_passkey", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE,
+      log_prints=False)
 def evaluate_passkey(cfg, data, model_path: str | None, name: str, run_id: str | None = None) -> dict:
     """Passkey retrieval of a checkpoint (None: the teacher); {} when the config disables it."""
     if not cfg.eval.passkey:
@@ -45,7 +46,8 @@ def evaluate_passkey(cfg, data, model_path: str | None, name: str, run_id: str |
     return _evaluate(cfg, data, model_path, name, "passkey", run_id)
 
 
-@task(name="evaluate_lm_eval", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+@task(name="evaluate_lm_eval", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE,
+      log_prints=False)
 def evaluate_lm_eval(cfg, data, model_path: str | None, name: str, run_id: str | None = None) -> dict:
     """Held-out perplexity and the lm-eval tasks of the config (None: the teacher)."""
     if not (cfg.eval.perplexity or cfg.eval.tasks):

@@ -36,3 +36,13 @@ def log_pyfunc_model(run_id: str, checkpoint_dir: str | Path, name: str = "model
         return mlflow.pyfunc.log_model(
             name=name, python_model=str(CODE), artifacts={"checkpoint": str(checkpoint_dir)},
             pip_requirements=pip_requirements(), signature=signature)
+
+
+def checkpoint_in(model_dir: str | Path) -> Path:
+    """The lolcats checkpoint folder inside a downloaded pyfunc model (from its MLmodel)."""
+    import yaml
+
+    model_dir = Path(model_dir)
+    spec = yaml.safe_load((model_dir / "MLmodel").read_text())
+    rel = spec["flavors"]["python_function"]["artifacts"]["checkpoint"]["path"]
+    return model_dir / rel

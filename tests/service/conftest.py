@@ -18,6 +18,8 @@ REPO = Path(__file__).resolve().parents[2]
 STACK_SH = REPO / "deploy" / "stack.sh"
 if str(REPO) not in sys.path:  # `tasks` and `flows` are plain folders of the checkout
     sys.path.insert(0, str(REPO))
+if str(Path(__file__).parent) not in sys.path:  # `tiny` (helpers of the flow tests)
+    sys.path.insert(0, str(Path(__file__).parent))
 
 # Offline switches, and a private Prefect home, before anything imports prefect or mlflow.
 os.environ.update({"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -146,3 +148,52 @@ def stack(tmp_path_factory):
             except ProcessLookupError:
                 pass
         assert not alive, f"stack.sh down left processes running: {alive}\n{down.stdout}{down.stderr}"
+
+
+# --- tiny flow runs (tests/service/test_linearize_flow.py, test_browser.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """Folder holding the tiny base model (random 2-layer Llama + SmolLM2 tokenizer)."""
+    from tiny import make_tiny_base
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny_base(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_deployment(stack, tiny_root):
+    """Deployment `linearize/tiny` of flows/linearize.py on the `local` pool (worker)."""
+    from tiny import tiny_tree, write_config
+
+    from flows.linearize import linearize
+
+    cfg = write_config(tiny_root / "tiny-cli.yaml", tiny_tree("tiny-cli", tiny_root / "base", tiny_root))
+    linearize.from_source(source=str(REPO), entrypoint="flows/linearize.py:linearize").deploy(
+        name="tiny", work_pool_name="local", parameters={"preset": "tiny", "config": str(cfg)},
+        job_variables={"env": {"LOLCATS_TASK_RETRY_DELAYS": "2,4,8", "OMP_NUM_THREADS": "2"}},
+        print_next_steps=False, ignore_warnings=True)
+    return {"name": "linearize/tiny", "config": cfg, "run_name": "tiny-cli"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(stack, tiny_deployment):
+    """`prefect deployment run linearize/tiny` through the CLI, waited for: the first
+    registration of `lolcats-tiny-cli`. Returns {"flow_run", "seconds", "cli"}."""
+    import re
+    import time
+
+    env = stack.env | {"PREFECT_API_URL": stack.prefect_api, "PREFECT_HOME": os.environ["PREFECT_HOME"]}
+    t0 = time.monotonic()
+    out = subprocess.run([str(Path(sys.executable).parent / "prefect"), "deployment", "run",
+                          tiny_deployment["name"]], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    m = re.search(r"UUID:\s*([0-9a-f-]{36})", out.stdout)
+    assert m, f"no flow run id in the CLI output:\n{out.stdout}"
+    from tiny import wait_flow_run
+
+    run = wait_flow_run(m.group(1), timeout=400)
+    return {"flow_run": run, "seconds": time.monotonic() - t0, "cli": out.stdout}

@@ -63,3 +63,23 @@ def test_model_version_page_shows_alias_and_metrics(stack, browser, tmp_path):
     text = body(browser)
     assert f"Version {reg.version}" in text
     assert "candidate" in text and "31.25" in text and "29.5" in text
+
+
+def test_flow_registered_version_page_shows_aliases_and_evaluation(stack, browser, tiny_run, tmp_path):
+    """The version the linearize flow registered (tests/service/conftest.py: tiny_run)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert tiny_run["flow_run"].state.is_completed()
+    url = R.version_url("lolcats-tiny-cli", 1)
+    browser.get(url)
+    body = lambda drv: drv.find_element(By.TAG_NAME, "body").text
+    try:
+        WebDriverWait(browser, 60).until(lambda drv: "champion" in body(drv) and "perplexity" in body(drv))
+    except Exception:
+        browser.save_screenshot(str(tmp_path / "page.png"))
+        raise AssertionError(f"{url} did not show aliases and metrics; page text:\n{body(browser)[:3000]}")
+    text = body(browser)
+    mv = R.version_by_alias("lolcats-tiny-cli", "candidate")
+    ppl = float(mv.tags["metric.perplexity"])
+    assert "candidate" in text and "Evaluation" in text and f"{ppl:.4g}" in text

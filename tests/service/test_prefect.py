@@ -28,7 +28,8 @@ def smoke_flow(out: str, x: int = 1) -> int:
 
 
 @flow(name="linearize")
-def linearize_stand_in(preset: str, record: str | None = None, hold: float = 0.0) -> str:
+def linearize_stand_in(preset: str, profile: str | None = None, record: str | None = None,
+                       hold: float = 0.0) -> str:
     """Stands in for flows/linearize.py:linearize when deploying deploy/prefect.yaml here: it
     checks that the pull step and job variables took effect and records its run interval."""
     start = time.time()
@@ -104,10 +105,11 @@ def test_prefect_yaml_deploys_as_written(stack, tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
     expected = {"llama3-8b": "gpu", "mistral-7b": "gpu", "llama3.2-1b": "gpu", "smollm2-135m": "local"}
+    profiles = {"smollm2-135m": "cpu-smoke"}
     with get_client(sync_client=True) as client:
         for name, pool in expected.items():
             d = client.read_deployment_by_name(f"linearize/{name}")
-            assert d.work_pool_name == pool and d.parameters == {"preset": name}
+            assert d.work_pool_name == pool and d.parameters == {"preset": name, "profile": profiles.get(name, "gpu")}
             assert d.global_concurrency_limit.limit == 1
             assert d.concurrency_options.collision_strategy == "ENQUEUE"
             assert len(d.schedules) == 1 and d.schedules[0].active

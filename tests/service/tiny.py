@@ -50,3 +50,19 @@ def write_config(path: Path, tree: dict) -> Path:
     path = Path(path)
     path.write_text(yaml.safe_dump(tree, sort_keys=False))
     return path
+
+
+def wait_flow_run(flow_run_id, timeout: float = 300):
+    """The flow run once it is final (polls the API)."""
+    import time
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(UUID(str(flow_run_id)))
+            if run.state.is_final() or time.monotonic() > deadline:
+                return run
+            time.sleep(1)
