@@ -69,6 +69,7 @@ def evaluate(preset: str = "smollm2-135m", version: str = "champion", profile: s
 
     logger = get_run_logger()
     cfg = flow_config.load(preset, profile, overrides, config)
+    health.check_prefect()
     health.check_mlflow()
     health.check_s3()
     name = registry.model_name(cfg.name)

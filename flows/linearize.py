@@ -62,6 +62,7 @@ def linearize(preset: str = "smollm2-135m", profile: str | None = None,
 
     logger = get_run_logger()
     cfg = flow_config.load(preset, profile, overrides, config)  # fails fast on bad input
+    health.check_prefect()  # not a throw-away ephemeral server: runs must be visible
     health.check_mlflow()
     health.check_s3()
     logger.info("linearizing %s (%s) on %s; outputs under %s/%s", cfg.model, cfg.name,

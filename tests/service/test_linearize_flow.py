@@ -6,6 +6,7 @@ Each run takes seconds of compute; most of a test's time is Prefect and process 
 
 from __future__ import annotations
 
+import contextvars
 import os
 import signal
 import threading
@@ -168,8 +169,9 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
     monkeypatch.setenv("LOLCATS_TASK_RETRY_DELAYS", "5,10,20,40")
     tree = tiny_tree("tiny-s3", tiny_root / "base", tiny_root, max_steps=1000, eval_every=100)
     cfg = write_config(tiny_root / "tiny-s3.yaml", tree)
-    result = {}
-    th = threading.Thread(target=lambda: result.update(state=linearize(config=str(cfg), return_state=True)))
+    result, ctx = {}, contextvars.copy_context()  # the stack's Prefect settings live in a contextvar
+    th = threading.Thread(target=lambda: ctx.run(
+        lambda: result.update(state=linearize(config=str(cfg), return_state=True))))
     th.start()
     try:
         key = _wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-s3")) and
@@ -259,7 +261,9 @@ def test_killed_worker_resumes_from_the_last_checkpoint(stack, tiny_root, tiny_d
     logs = _logs_with(second.id, "resuming from the step-", "cache hit")
     assert run.state.is_completed(), (run.state, logs[-3000:])
     assert "attention_transfer: resuming from the step-" in logs and "(downloaded from S3)" in logs, logs[-3000:]
-    resumed_at = int(logs.split("resuming from the step-")[1].split("-")[0])
+    import re
+
+    resumed_at = int(re.search(r"resuming from the step-(\d+) checkpoint", logs).group(1))
     assert 100 <= resumed_at < 600
     assert "cache hit" in logs  # data preparation reused
     assert {p: p.stat().st_mtime_ns for p in data_manifests} == data_manifests
