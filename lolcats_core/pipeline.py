@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ import torch
 from .checkpoint import load_linearized, save_linearized
 from .convert import linearize
 from .data import PreparedData, make_dataloader, prepare_dataset
-from .evaluation import EvalConfig, evaluate_model, plot_attention_mse
+from .evaluation import evaluate_model, plot_attention_mse
 from .lora import add_lora
 from .presets import load_base_model, model_config, resolve
 from .run_config import RunConfig
@@ -96,8 +96,7 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
     seq_len = cfg.data.seq_len
     start = time.perf_counter()
     if cfg.stage1.enabled:
-        train_cfg = cfg.stage1.train
-        train_cfg.max_steps = cfg.stage1.steps_for(seq_len)
+        train_cfg = replace(cfg.stage1.train, max_steps=cfg.stage1.steps_for(seq_len))
         result, mse = attention_transfer(model, _batches(data, cfg.stage1.batch_size, train_cfg.seed),
                                          _eval_batches(data, cfg.stage1.batch_size), train_cfg,
                                          out / "trainer", on_eval=on_eval)
@@ -117,10 +116,27 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
     })
 
 
+def stage2_dir(cfg: RunConfig, stage1: dict) -> Path:
+    """Directory of stage 2, named by the stage-1 directory and the stage-2 settings."""
+    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2))
+    return Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
+
+
+def eval_dir(cfg: RunConfig, data: PreparedData, model_path: str | None, name: str) -> Path:
+    """Directory of an evaluation, named by the model's weights (the sha256 recorded in a
+    checkpoint's config.json, or the base model id for the teacher), the settings and the data."""
+    if model_path is None:
+        model_id = cfg.model
+    else:
+        model_id = json.loads((Path(model_path) / "config.json").read_text())["weights"]["sha256"]
+    eval_settings = {**asdict(cfg.eval), "output_dir": None}
+    fp = fingerprint("eval", model_id, eval_settings, data.fingerprint)
+    return Path(cfg.output_dir) / cfg.name / f"eval-{name}-{fp}"
+
+
 def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) -> dict:
     """Stage 2 from the stage-1 checkpoint; returns the completion record."""
-    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2))
-    out = Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
+    out = stage2_dir(cfg, stage1)
     if (done := read_done(out)) is not None:
         log.info("stage 2 already done: %s", out)
         return done
@@ -135,8 +151,7 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) ->
     steps, history = 0, []
     if cfg.stage2.enabled:
         model = add_lora(model, cfg.stage2.lora)
-        train_cfg = cfg.stage2.train
-        train_cfg.max_steps = cfg.stage2.steps_for(seq_len)
+        train_cfg = replace(cfg.stage2.train, max_steps=cfg.stage2.steps_for(seq_len))
         result = lora_adjust(model, _batches(data, cfg.stage2.batch_size, train_cfg.seed),
                              _eval_batches(data, cfg.stage2.batch_size), train_cfg, out / "trainer",
                              on_eval=on_eval)
@@ -153,13 +168,11 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) ->
 
 def evaluate_step(cfg: RunConfig, data: PreparedData, model_path: str | None, name: str) -> dict:
     """Evaluate a checkpoint (or the teacher when `model_path` is None); cached by fingerprint."""
-    eval_cfg = EvalConfig(**{**asdict(cfg.eval), "output_dir": None})
-    fp = fingerprint("eval", model_path or cfg.model, asdict(eval_cfg), data.fingerprint)
-    out = Path(cfg.output_dir) / cfg.name / f"eval-{name}-{fp}"
+    out = eval_dir(cfg, data, model_path, name)
     if (done := read_done(out)) is not None:
         return done
     out.mkdir(parents=True, exist_ok=True)
-    eval_cfg.output_dir = str(out)
+    eval_cfg = replace(cfg.eval, output_dir=str(out))
     if model_path is None:
         model, tokenizer, _ = _load_base(cfg)
     else:

@@ -13,9 +13,7 @@ inputs costs a base-model load and a few S3/MLflow calls.
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -103,7 +101,6 @@ def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict
     from lolcats_core import pipeline
 
     logger = get_run_logger()
-    cfg = copy.deepcopy(cfg)  # the library sets stage budgets on the config it is given
     step_dir = pipeline.stage1_dir(cfg, base["fingerprint"], data.fingerprint)
     rec, where = step_store.restore(step_dir, step_store.step_key(cfg.name, step_dir))
     if rec is not None:
@@ -111,19 +108,8 @@ def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict
         return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=False)
     _resume_note("attention_transfer", step_dir, cfg)
     rec = pipeline.attention_transfer_step(cfg, data, on_eval=_stage_hook(cfg, run_id, "stage1", step_dir))
-    if Path(rec["dir"]).resolve() != step_dir.resolve():
-        raise RuntimeError(f"stage-1 directory mismatch: expected {step_dir}, the library wrote "
-                           f"{rec['dir']} (lolcats_core.pipeline.stage1_dir changed?)")
     logger.info("attention_transfer: %d steps, %s tokens in %.0f s", rec["steps"], rec["tokens"], rec["seconds"])
     return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=True)
-
-
-def stage2_dir(cfg, stage1: dict) -> Path:
-    """Where `pipeline.lora_step` writes (same formula as the library)."""
-    from lolcats_core.pipeline import fingerprint
-
-    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2))
-    return Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
 
 
 @task(name="lora_adjust", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
@@ -132,17 +118,13 @@ def lora_adjust(cfg, data, stage1: dict, run_id: str | None = None) -> dict:
     from lolcats_core import pipeline
 
     logger = get_run_logger()
-    cfg = copy.deepcopy(cfg)
-    step_dir = stage2_dir(cfg, stage1)
+    step_dir = pipeline.stage2_dir(cfg, stage1)
     rec, where = step_store.restore(step_dir, step_store.step_key(cfg.name, step_dir))
     if rec is not None:
         logger.info("lora_adjust: done before (%s), skipping: %s", where, step_dir)
         return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=False)
     _resume_note("lora_adjust", step_dir, cfg)
     rec = pipeline.lora_step(cfg, data, stage1, on_eval=_stage_hook(cfg, run_id, "stage2", step_dir))
-    if Path(rec["dir"]).resolve() != step_dir.resolve():
-        raise RuntimeError(f"stage-2 directory mismatch: expected {step_dir}, the library wrote "
-                           f"{rec['dir']} (lolcats_core.pipeline.lora_step changed?)")
     logger.info("lora_adjust: %d steps, %s tokens in %.0f s", rec["steps"], rec["tokens"], rec["seconds"])
     return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=True)
 
