@@ -21,7 +21,7 @@ from .convert import linearize
 from .data import PreparedData, make_dataloader, prepare_dataset
 from .evaluation import evaluate_model, plot_attention_mse
 from .lora import add_lora
-from .presets import load_base_model, model_config, resolve
+from .presets import base_model_ref, load_base_model, model_config, resolve
 from .run_config import RunConfig
 from .training import attention_transfer, lora_adjust
 
@@ -86,11 +86,11 @@ def stage1_dir(cfg: RunConfig, base_fp: str, data_fp: str) -> Path:
 
 def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) -> dict:
     """Stage 1 into its fingerprinted directory; returns the completion record."""
-    model, tokenizer, ref = _load_base(cfg)
-    out = stage1_dir(cfg, ref.fingerprint, data.fingerprint)
+    out = stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint)
     if (done := read_done(out)) is not None:
         log.info("stage 1 already done: %s", out)
         return done
+    model, tokenizer, ref = _load_base(cfg)
     out.mkdir(parents=True, exist_ok=True)
     linearize(model, cfg.linearize)
     seq_len = cfg.data.seq_len

@@ -77,7 +77,7 @@ def prepare_data(cfg, run_id: str | None = None):
     """Tokenized, packed training data (cached by content fingerprint) and the base model's
     identity; the prepared dataset is published to S3 as `data/<fingerprint>`."""
     from lolcats_core import pipeline
-    from lolcats_core.presets import load_base_model
+    from lolcats_core.presets import base_model_ref
 
     from tasks import artifacts
 
@@ -88,8 +88,7 @@ def prepare_data(cfg, run_id: str | None = None):
     key = f"data/{data.fingerprint[:16]}"
     if not artifacts.is_complete(key):
         artifacts.upload_dir(data.path, key, metadata={"fingerprint": data.fingerprint})
-    model, _, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device="cpu")
-    del model
+    ref = base_model_ref(cfg.model)
     tracking.log_params(run_id, {"data_fingerprint": data.fingerprint, "base.id": ref.id,
                                  "base.revision": ref.revision, "base.fingerprint": ref.fingerprint})
     return data, ref.to_dict()

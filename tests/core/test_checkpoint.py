@@ -91,3 +91,12 @@ def test_model_without_base_reference_cannot_be_saved(tmp_path):
     linearize(model, LinearizeConfig())
     with pytest.raises(CheckpointError, match="load_base_model"):
         model.save_pretrained(tmp_path / "ck")
+
+
+def test_base_model_ref_from_files_equals_the_loaded_models(tiny_model_dir, smollm2_dir, monkeypatch):
+    from lolcats_core import presets
+
+    loaded = {source: load_base_model(source)[2] for source in (str(tiny_model_dir), "smollm2-135m")}
+    monkeypatch.setattr(presets, "load_base_model", None)  # the cheap path must not load the model
+    for source, ref in loaded.items():
+        assert presets.base_model_ref(source) == ref
