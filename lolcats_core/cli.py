@@ -126,11 +126,17 @@ def cmd_evaluate(args) -> None:
     from .evaluation import EvalConfig, evaluate_model
     from .run_config import load_run_config
 
-    _setup_logging()
-    cfg = load_run_config(args.config, args.profile, args.set)
-    model, tok = load_for_inference(args.model)
     from .pipeline import prepare_data
 
+    _setup_logging()
+    if args.config:
+        cfg = load_run_config(args.config, args.profile, args.set)
+    else:  # default evaluation; held-out text from ShareGPT as the base model's tokenizer renders it
+        base = (json.loads((Path(args.model) / "config.json").read_text())["base_model"]["id"]
+                if _is_checkpoint(args.model) else args.model)
+        tree = {"name": "evaluate", "model": base, "data": {"train_tokens": 1024, "seq_len": 1024}}
+        cfg = load_run_config(tree=tree, overrides=args.set)
+    model, tok = load_for_inference(args.model)
     data = prepare_data(cfg)
     eval_cfg = EvalConfig(**{**cfg.eval.__dict__, "output_dir": args.output_dir})
     with torch.no_grad():
@@ -170,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, helptext in (("linearize", "run attention transfer, LoRA and evaluation from a config"),
                            ("evaluate", "evaluate a checkpoint with a config's evaluation settings")):
         p = sub.add_parser(name, help=helptext, description=helptext)
-        p.add_argument("--config", required=True, help="YAML run config, e.g. configs/smollm2-135m.yaml")
+        p.add_argument("--config", required=name == "linearize",
+                       help="YAML run config, e.g. configs/smollm2-135m.yaml"
+                            + ("" if name == "linearize" else " (default: every evaluation, default sizes)"))
         p.add_argument("--profile", help="profile of the config to apply (cpu-smoke, gpu, ...)")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a setting, e.g. --set stage1.lr=0.001 (repeatable)")

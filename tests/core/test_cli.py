@@ -1,5 +1,6 @@
 """The `lolcats` command line: plan on the meta device, generate from a checkpoint."""
 
+import json
 import subprocess
 import sys
 
@@ -45,3 +46,18 @@ def test_generate_streams_from_a_checkpoint(tiny_model_dir, smollm2_dir, tmp_pat
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.strip()) > 0
+
+
+@pytest.mark.slow
+def test_evaluate_a_checkpoint_without_a_config(tiny_model_dir, smollm2_dir, tmp_path, capsys):
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    model, _, _ = load_base_model(str(tiny_model_dir))
+    model.resize_token_embeddings(len(tok))
+    linearize(model, LinearizeConfig(window=4))
+    save_linearized(model, tmp_path / "full", tokenizer=tok, merge_lora=True)
+    argv = ["evaluate", "--model", str(tmp_path / "full"), "--set", "model=smollm2-135m",
+            "--set", "eval.passkey=false", "--set", "eval.tasks=[piqa]", "--set", "eval.limit=3",
+            "--set", "data.val_tokens=2048", "--set", f"data.cache_dir={tmp_path / 'data'}"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["perplexity"]["perplexity"] > 1 and "piqa" in report["lm_eval"]
