@@ -20,6 +20,13 @@ Configuration (environment; every port also shifts with LOLCATS_PORT_OFFSET):
   LOLCATS_WEED_MASTER_PORT 9333, _VOLUME_PORT 9340, _FILER_PORT 8888, _ADMIN_PORT 23646
   LOLCATS_S3_BUCKET lolcats   LOLCATS_WORK_POOL local   PREFECT_WORKER_QUERY_SECONDS 10
   AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (local defaults if unset; never printed)
+  LOLCATS_HEARTBEAT_SECONDS 30 (flow-run heartbeats of the worker's runs; Prefect's minimum is 30)
+  LOLCATS_ZOMBIE_SECONDS 90 (a deployment run without a heartbeat for this long is marked Crashed)
+
+Zombie runs: `up` creates (or updates) the automation `lolcats-crash-zombie-flow-runs` on the
+Prefect server: after each `prefect.flow-run.heartbeat` of a deployment's flow run it expects
+another heartbeat or a terminal state event within LOLCATS_ZOMBIE_SECONDS, else it sets the run
+Crashed, which releases the deployment's concurrency slot.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class Config:
     bucket: str
     work_pool: str
     query_seconds: str
+    heartbeat_seconds: int = 30
+    zombie_seconds: int = 90
 
     @classmethod
     def from_env(cls, run_dir: str | os.PathLike | None = None) -> "Config":
@@ -92,6 +101,8 @@ class Config:
             bucket=os.environ.get("LOLCATS_S3_BUCKET", "lolcats"),
             work_pool=os.environ.get("LOLCATS_WORK_POOL", "local"),
             query_seconds=os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "10"),
+            heartbeat_seconds=int(os.environ.get("LOLCATS_HEARTBEAT_SECONDS", "30")),
+            zombie_seconds=int(os.environ.get("LOLCATS_ZOMBIE_SECONDS", "90")),
         )
 
     @property
@@ -147,6 +158,9 @@ def service_env(cfg: Config) -> dict[str, str]:
     env["LOLCATS_REPO"] = str(REPO)  # where deployments' pull step finds flows/ and tasks/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["PREFECT_WORKER_QUERY_SECONDS"] = cfg.query_seconds
+    # flow runs started by the worker emit `prefect.flow-run.heartbeat` events this often; the
+    # zombie automation (ensure_zombie_automation) crashes a run whose heartbeats stop
+    env["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = str(cfg.heartbeat_seconds)
     env["PYTHONUNBUFFERED"] = "1"
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # GenAI job runner: 7 busy processes
     return env
@@ -360,6 +374,7 @@ def up(cfg: Config, services: list[str]) -> None:
     if not errors and "prefect" in services:
         try:
             _ensure_pools(cfg, env)
+            print(ensure_zombie_automation(cfg), flush=True)
         except StackError as e:
             errors.append(str(e))
     if not errors and "worker" in services:
@@ -390,6 +405,77 @@ def _ensure_pools(cfg: Config, env: dict[str, str]) -> None:
         if proc.returncode != 0 and _http_ok(f"{cfg.prefect_api}/work_pools/{pool}") is None:
             raise StackError(f"prefect: could not create work pool {pool!r}: {out[-500:]}")
         print(f"{'prefect':8s} created work pool {pool!r} (type process)", flush=True)
+
+
+ZOMBIE_AUTOMATION = "lolcats-crash-zombie-flow-runs"
+
+
+def zombie_automation(cfg: Config) -> dict:
+    """The automation that marks a deployment's flow run Crashed when its heartbeats stop
+    (https://docs.prefect.io/v3/advanced/detect-zombie-flows): after each heartbeat of a flow
+    run, expect another heartbeat or a terminal state event within `zombie_seconds`. Only runs
+    of deployments are watched (`match_related`): a flow called in-process keeps Prefect's
+    default heartbeat period (180 s) and is not supervised by a worker anyway."""
+    return {
+        "name": ZOMBIE_AUTOMATION,
+        "description": (f"A deployment's flow run that sent no heartbeat for {cfg.zombie_seconds} s "
+                        "(its process died) is set Crashed; that releases its concurrency slot. "
+                        "Created by deploy/stack.py."),
+        "enabled": True,
+        "tags": [],
+        "trigger": {
+            "type": "event",
+            "posture": "Proactive",
+            "match": {"prefect.resource.id": ["prefect.flow-run.*"]},
+            "match_related": {"prefect.resource.role": "deployment"},
+            "after": ["prefect.flow-run.heartbeat"],
+            "expect": ["prefect.flow-run.heartbeat", "prefect.flow-run.Completed",
+                       "prefect.flow-run.Failed", "prefect.flow-run.Cancelled",
+                       "prefect.flow-run.Crashed"],
+            "for_each": ["prefect.resource.id"],
+            "threshold": 1,
+            "within": float(cfg.zombie_seconds),
+        },
+        "actions": [{"type": "change-flow-run-state", "state": "CRASHED",
+                     "message": f"no heartbeat for {cfg.zombie_seconds} s: the flow run's "
+                                "process died (killed worker or machine); marked Crashed by "
+                                f"automation {ZOMBIE_AUTOMATION}"}],
+        "actions_on_trigger": [],
+        "actions_on_resolve": [],
+    }
+
+
+def ensure_zombie_automation(cfg: Config) -> str:
+    """Create the zombie automation, or update it when its settings changed (idempotent)."""
+    if cfg.zombie_seconds <= cfg.heartbeat_seconds:
+        raise StackError(f"LOLCATS_ZOMBIE_SECONDS ({cfg.zombie_seconds}) must exceed "
+                         f"LOLCATS_HEARTBEAT_SECONDS ({cfg.heartbeat_seconds})")
+    want = zombie_automation(cfg)
+    body = json.dumps({"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}}).encode()
+    found = _http_ok(f"{cfg.prefect_api}/automations/filter", "POST", body)
+    if found is None:
+        raise StackError(f"prefect: could not list automations at {cfg.prefect_api}")
+    have = [a for a in json.loads(found) if a.get("name") == ZOMBIE_AUTOMATION]
+    for extra in have[1:]:  # a duplicate (e.g. two concurrent `up`s): keep one
+        _http_ok(f"{cfg.prefect_api}/automations/{extra['id']}", "DELETE")
+    if have:
+        cur = have[0]
+        same = (cur.get("enabled") and cur.get("actions") and
+                cur["actions"][0].get("message") == want["actions"][0]["message"] and
+                all(cur["trigger"].get(k) == v for k, v in want["trigger"].items()
+                    if k not in ("after", "expect", "for_each"))
+                and all(sorted(cur["trigger"].get(k) or []) == sorted(want["trigger"][k])
+                        for k in ("after", "expect", "for_each")))
+        if same:
+            return f"{'prefect':8s} zombie automation present ({cfg.zombie_seconds} s)"
+        if _http_ok(f"{cfg.prefect_api}/automations/{cur['id']}", "PUT",
+                    json.dumps(want).encode()) is None:
+            raise StackError(f"prefect: could not update automation {ZOMBIE_AUTOMATION!r}")
+        return f"{'prefect':8s} zombie automation updated ({cfg.zombie_seconds} s)"
+    if _http_ok(f"{cfg.prefect_api}/automations/", "POST", json.dumps(want).encode()) is None:
+        raise StackError(f"prefect: could not create automation {ZOMBIE_AUTOMATION!r}")
+    return (f"{'prefect':8s} created zombie automation (heartbeat {cfg.heartbeat_seconds} s, "
+            f"crash after {cfg.zombie_seconds} s without)")
 
 
 def _wait_weed_lock_free(cfg: Config, timeout: float = 40) -> None:

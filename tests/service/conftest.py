@@ -119,6 +119,9 @@ def stack(tmp_path_factory):
         "LOLCATS_S3_BUCKET": "lolcats-test", "PREFECT_WORKER_QUERY_SECONDS": "1",
         # a queued run of a busy deployment is re-checked after this (default 30 s)
         "PREFECT_SERVER_DEPLOYMENTS_CONCURRENCY_SLOT_WAIT_SECONDS": "3",
+        # zombie detection (deploy/stack.py): heartbeats every 30 s (Prefect's minimum), a
+        # deployment run silent for 50 s is marked Crashed (tests/service/test_zombie_runs.py)
+        "LOLCATS_HEARTBEAT_SECONDS": "30", "LOLCATS_ZOMBIE_SECONDS": "50",
         "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
         "AWS_DEFAULT_REGION": "us-east-1", "LOLCATS_S3_RETRY_SECONDS": "60",
     }
