@@ -10,6 +10,7 @@ DIR/results.json. Rows: configs/ablations/{t2r-swap,hedgehog-swap,hedgehog-windo
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -53,8 +54,8 @@ def cmd_report(args) -> None:
     from lolcats_core.evaluation import comparison_table
 
     out = Path(args.out)
-    rows = {"teacher": json.loads((out / "row-teacher.json").read_text())}
-    for row in ROWS:
+    rows = {}
+    for row in ["teacher", *ROWS]:
         path = out / f"row-{row}.json"
         if path.exists():
             rows[row] = json.loads(path.read_text())
@@ -69,6 +70,8 @@ def cmd_report(args) -> None:
         s1, s2 = r["stage1"], r["stage2"]
         lines.append(f"| {name} | {s1['tokens']:,} | {s2['tokens']:,} | {s1['trainable_parameters']:,} | "
                      f"{s2['trainable_parameters']:,} | {s1['seconds']} | {s2['seconds']} |")
+    if not rows:
+        raise SystemExit(f"no finished rows under {out} (see the log-*.txt files)")
     text = "\n".join([
         comparison_table({k: v["report"] for k, v in rows.items()}), "", *lines, "",
         f"device: {device}; torch {torch.__version__}; wall time of the whole benchmark "
@@ -79,6 +82,7 @@ def cmd_report(args) -> None:
 
 def cmd_all(args) -> None:
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `timeout`
     from lolcats_core.pipeline import prepare_data
 
     Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -90,10 +94,15 @@ def cmd_all(args) -> None:
         argv += ([] if row == "teacher" else ["--row", row]) + common
         log = open(Path(args.out) / f"log-{row}.txt", "w")
         procs[row] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log)
-    for row, (proc, log) in procs.items():
-        code = proc.wait()
-        log.close()
-        print(f"{row}: exit {code}", flush=True)
+    try:
+        for row, (proc, log) in procs.items():
+            code = proc.wait()
+            log.close()
+            print(f"{row}: exit {code}", flush=True)
+    finally:  # a timeout or Ctrl-C on this driver stops the rows too
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
     args.elapsed = time.perf_counter() - start
     cmd_report(args)
 
