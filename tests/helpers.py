@@ -22,3 +22,23 @@ def randomize_attention(model, std: float = 0.3) -> None:
     with torch.no_grad():
         for p in attention_parameters(model):
             p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def descendant_pids(pid: int) -> list[int]:
+    """Every process below `pid`, read from /proc (e.g. a worker's flow-run subprocess)."""
+    from pathlib import Path
+
+    kids: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit():
+            try:
+                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(p.name))
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from helpers import descendant_pids
 from tiny import tiny_tree, wait_flow_run, write_config
 
 pytestmark = pytest.mark.stack
@@ -207,23 +208,6 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
     assert key
 
 
-def _descendants(pid: int) -> list[int]:
-    kids = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
 def test_killed_worker_resumes_from_the_last_checkpoint(stack, tiny_root, tiny_deployment):
     """SIGKILL the worker (and its flow-run process) during attention transfer, wipe the local
     stage-1 folder (as if the retry ran on another machine), re-run: stage 1 resumes from the
@@ -244,7 +228,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(stack, tiny_root, tiny_d
     stage1 = next((tiny_root / "runs" / "tiny-kill").glob("stage1-*"))
     assert not (stage1 / "done.json").exists(), "stage 1 finished before the kill: lengthen it"
     worker = stack.pid("worker")
-    victims = [worker] + _descendants(worker)
+    victims = [worker] + descendant_pids(worker)
     for pid in victims:
         try:
             os.kill(pid, signal.SIGKILL)

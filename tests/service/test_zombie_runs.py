@@ -41,26 +41,6 @@ def _heartbeats(stack, flow_run_id) -> int:
     return len(got["events"])
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below `pid` (the worker's flow-run subprocess)."""
-    from pathlib import Path
-
-    kids: dict[int, list[int]] = {}
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            kids.setdefault(ppid, []).append(int(p.name))
-    out, todo = [], [pid]
-    while todo:
-        for k in kids.get(todo.pop(), []):
-            out.append(k)
-            todo.append(k)
-    return out
-
-
 def _until(pred, timeout: float, what: str, poll: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -114,7 +94,9 @@ def test_killed_worker_run_is_crashed_and_the_next_run_proceeds(stack):
         _until(lambda: client.read_flow_run(first.id).state.is_running(), 90, "the run to start")
         _until(lambda: _heartbeats(stack, first.id) > 0, 30, "its first heartbeat")
         worker = stack.pid("worker")
-        for pid in [worker] + _descendants(worker):
+        from helpers import descendant_pids  # not at the top: the worker imports this module
+
+        for pid in [worker] + descendant_pids(worker):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
