@@ -1,8 +1,14 @@
 """Generation throughput: softmax (HF generate + SDPA + KV cache) vs linearized, random weights.
 
-The paper's Figure 8 setting: a Llama-3-8B-shaped model (no download: random weights), a
-prompt of 128 tokens, N new tokens, batch sizes up to 2048; tokens/s and peak GPU memory per
-(model, batch), "OOM" where the batch does not fit. Writes OUT/generation.json and
+The paper's Figure 8 setting: a Llama-3-8B-shaped model (no download: random weights), batch
+sizes up to 2048; tokens/s and peak GPU memory per (model, context, batch), "OOM" where the
+batch does not fit. Decoding 4096 tokens at every batch size would take hours of device time,
+so each point times `--steps` greedy steps after a prompt of `context` tokens: the softmax
+model's step cost grows with its KV cache, so the short context (128, the paper's prompt) and
+the long one (4224 = 128 + 4096, where the paper's runs end) bracket its rate over a 4096-token
+generation; the linearized model's step cost is flat once its 64-token window is full (shown by
+the same two contexts at small batches). Decode rate = batch * steps / (t(steps + 1) - t(1)),
+two `generate` calls, so the prefill is not counted. Writes OUT/generation.json and
 OUT/generation.png.
 
     python benchmarks/generation.py --out OUT                       # 8B shape, GPU
@@ -45,26 +51,33 @@ def build(kind: str, shape: dict, dtype, device, lin: LinearizeConfig) -> torch.
     return model.eval()
 
 
-def measure(model, batch: int, prompt: int, new: int, device) -> dict:
-    ids = torch.randint(3, model.config.vocab_size, (batch, prompt), device=device)
+def _generate_seconds(model, ids, new: int, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    with torch.no_grad():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, pad_token_id=0)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure(model, batch: int, context: int, steps: int, device) -> dict:
+    """Decode tokens/s of `steps` greedy steps after a `context`-token prompt, and peak memory."""
+    ids = torch.randint(3, model.config.vocab_size, (batch, context), device=device)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-        torch.cuda.synchronize()
-    start = time.perf_counter()
     try:
-        with torch.no_grad():
-            out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new,
-                                 min_new_tokens=new, do_sample=False, pad_token_id=0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        prefill = _generate_seconds(model, ids, 1, device)
+        total = _generate_seconds(model, ids, steps + 1, device)
     except torch.OutOfMemoryError:
-        return {"batch": batch, "oom": True}
-    seconds = time.perf_counter() - start
-    generated = (out.shape[1] - prompt) * batch
+        return {"batch": batch, "context": context, "oom": True}
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-    return {"batch": batch, "oom": False, "seconds": round(seconds, 2),
-            "tokens_per_s": round(generated / seconds, 1), "peak_gib": peak and round(peak, 2)}
+    return {"batch": batch, "context": context, "oom": False, "prefill_s": round(prefill, 3),
+            "decode_s": round(total - prefill, 3), "tokens_per_s": round(batch * steps / (total - prefill), 1),
+            "peak_gib": peak and round(peak, 2)}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -74,14 +87,18 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for kind in ("softmax", "lolcats"):
-        rows = [r for r in results if r["model"] == kind and not r["oom"]]
-        ax.plot([r["batch"] for r in rows], [r["tokens_per_s"] for r in rows], marker="o", label=kind)
-        for r in results:
-            if r["model"] == kind and r["oom"]:
-                ax.axvline(r["batch"], ls=":", color="C0" if kind == "softmax" else "C1")
+    lines = sorted({(r["model"], r["context"]) for r in results})
+    for i, (kind, context) in enumerate(lines):
+        rows = [r for r in results if (r["model"], r["context"]) == (kind, context)]
+        ok = [r for r in rows if not r["oom"]]
+        style = "-" if kind == "lolcats" else "--"
+        ax.plot([r["batch"] for r in ok], [r["tokens_per_s"] for r in ok], style, marker="o",
+                color=f"C{i}", label=f"{kind}, context {context}")
+        for r in rows:
+            if r["oom"]:
+                ax.plot([r["batch"]], [ok[-1]["tokens_per_s"] if ok else 1], "x", color=f"C{i}", ms=10)
     ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="generated tokens/s",
-           title="Generation throughput (dotted: out of memory)")
+           title="8B-shaped decode throughput (x: out of memory)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -92,9 +109,12 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--tiny", action="store_true", help="2-layer model instead of the 8B shape")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=4096)
-    ap.add_argument("--batches", default="1,16,64,256,1024,2048")
+    ap.add_argument("--contexts", default="128,4224", help="prompt lengths the decode rate is measured after")
+    ap.add_argument("--steps", type=int, default=64, help="decode steps timed per point")
+    ap.add_argument("--batches", default="1,16,64,128,256,512,1024,2048")
+    ap.add_argument("--long-batch-cap", type=int, default=64,
+                    help="linearized model: largest batch measured at contexts above 1024 (its step cost "
+                         "does not depend on the context; prefilling 2048 x 4224 tokens only costs time)")
     ap.add_argument("--models", default="softmax,lolcats")
     ap.add_argument("--feature-dim", type=int, default=64)
     ap.add_argument("--per-head-key-maps", action="store_true",
@@ -109,15 +129,19 @@ def main() -> None:
     results = []
     for kind in args.models.split(","):
         model = build(kind, TINY if args.tiny else LLAMA3_8B, dtype, device, lin)
-        for batch in map(int, args.batches.split(",")):
-            row = {"model": kind, **measure(model, batch, args.prompt, args.new_tokens, device)}
-            results.append(row)
-            print(json.dumps(row), flush=True)
-            (out / "generation.json").write_text(json.dumps(
-                {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                 "torch": torch.__version__, "args": vars(args), "results": results}, indent=1))
-            if row["oom"]:
-                break  # larger batches will not fit either
+        measure(model, 2, 16, 2, device)  # warm-up: kernel compilation, cuBLAS handles
+        for context in map(int, args.contexts.split(",")):
+            for batch in map(int, args.batches.split(",")):
+                if kind == "lolcats" and context > 1024 and batch > args.long_batch_cap:
+                    break
+                row = {"model": kind, **measure(model, batch, context, args.steps, device)}
+                results.append(row)
+                print(json.dumps(row), flush=True)
+                (out / "generation.json").write_text(json.dumps(
+                    {"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                     "torch": torch.__version__, "args": vars(args), "results": results}, indent=1))
+                if row["oom"]:
+                    break  # larger batches will not fit either
         del model
         if device.type == "cuda":
             torch.cuda.empty_cache()

