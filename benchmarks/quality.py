@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py all --out DIR [--profile gpu] [--set key=value ...]
 
-Prepares the data once, evaluates the teacher once, runs every row (stage 1, stage 2, student
+Prepares the data once (`prepare` alone does only that), evaluates the teacher once, runs every row (stage 1, stage 2, student
 evaluation) as a separate process in parallel on the same device, then writes DIR/results.md
 (the table, tokens, trainable parameters, wall time per stage, device, command) and
 DIR/results.json. Rows: configs/ablations/{t2r-swap,hedgehog-swap,hedgehog-window,lolcats}.yaml.
@@ -20,6 +20,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = ["t2r-swap", "hedgehog-swap", "hedgehog-window", "lolcats"]
+ALL = ["teacher", *ROWS]
 
 
 def _cfg(row: str, args):
@@ -55,13 +56,13 @@ def cmd_report(args) -> None:
 
     out = Path(args.out)
     rows = {}
-    for row in ["teacher", *ROWS]:
+    for row in ALL:
         path = out / f"row-{row}.json"
         if path.exists():
             rows[row] = json.loads(path.read_text())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     cmd = "python benchmarks/quality.py all --out OUT --profile " + args.profile + "".join(
-        f" --set {s}" for s in args.set) + ("" if args.rows == ROWS else " --rows " + " ".join(args.rows))
+        f" --set {s}" for s in args.set) + ("" if args.rows == ALL else " --rows " + " ".join(args.rows))
     lines = ["| row | stage-1 tokens | stage-2 tokens | stage-1 trainable | stage-2 trainable | "
              "stage-1 s | stage-2 s |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -75,21 +76,26 @@ def cmd_report(args) -> None:
     text = "\n".join([
         comparison_table({k: v["report"] for k, v in rows.items()}), "", *lines, "",
         f"device: {device}; torch {torch.__version__}; wall time of the whole benchmark "
-        f"{args.elapsed:.0f} s (rows ran concurrently on the one GPU)", "", f"command: `{cmd}`"])
+        f"{args.elapsed:.0f} s ({' '.join(args.rows)}: concurrent processes sharing this one GPU)", "",
+        f"command: `{cmd}`"])
     (out / "results.md").write_text(text + "\n")
     print(text)
+
+
+def cmd_prepare(args) -> None:
+    from lolcats_core.pipeline import prepare_data
+
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    prepare_data(_cfg("lolcats", args))
 
 
 def cmd_all(args) -> None:
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `timeout`
-    from lolcats_core.pipeline import prepare_data
-
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    prepare_data(_cfg("lolcats", args))  # once, before the concurrent rows read it
+    cmd_prepare(args)  # once, before the concurrent rows read it
     common = ["--out", args.out, "--profile", args.profile] + [x for s in args.set for x in ("--set", s)]
     procs = {}
-    for row in ["teacher", *args.rows]:
+    for row in args.rows:
         argv = [sys.executable, __file__, "teacher" if row == "teacher" else "row"]
         argv += ([] if row == "teacher" else ["--row", row]) + common
         log = open(Path(args.out) / f"log-{row}.txt", "w")
@@ -109,15 +115,17 @@ def cmd_all(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", choices=["all", "row", "teacher", "report"])
+    ap.add_argument("mode", choices=["all", "prepare", "row", "teacher", "report"])
     ap.add_argument("--out", required=True)
     ap.add_argument("--row", choices=ROWS)
     ap.add_argument("--profile", default="gpu")
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--rows", nargs="+", choices=ROWS, default=ROWS, help="rows to run (all: every row)")
+    ap.add_argument("--rows", nargs="+", choices=ALL, default=ALL,
+                    help="rows to run (default: the teacher's evaluation and every row)")
     args = ap.parse_args()
     args.elapsed = 0.0
-    {"all": cmd_all, "row": cmd_row, "teacher": cmd_teacher, "report": cmd_report}[args.mode](args)
+    modes = {"all": cmd_all, "prepare": cmd_prepare, "row": cmd_row, "teacher": cmd_teacher, "report": cmd_report}
+    modes[args.mode](args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import triton.language as tl
 
 @triton.jit
 def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_n = tl.program_id(0), tl.program_id(1)
     o_i, o_d = i_n * BT + tl.arange(0, BT), tl.arange(0, BD)
     m = (o_i < T)[:, None] & (o_d < D)[None, :]
     p = i_bh.to(tl.int64) * T * D + o_i[:, None] * D + o_d[None, :]
@@ -39,7 +39,7 @@ def _bwd_dq_kernel(
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_n = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_hv = i_b * HKV + i_h // (H // HKV)
     i_hk = i_b * HK + i_h // (H // HK)
@@ -108,7 +108,7 @@ def _bwd_dkv_kernel(
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    i_c, i_bg = tl.program_id(0), tl.program_id(1)
+    i_bg, i_c = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
     i_b, i_g = i_bg // HKV, i_bg % HKV
     RK, RQ = HK // HKV, H // HK
 
@@ -193,7 +193,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states,
     N = triton.cdiv(T, chunk)
     BD, BF = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(F))
     delta_rows = torch.empty_like(cs)
-    _bwd_preprocess_kernel[(N, B * H)](o, do, delta_rows, T, D=D, BT=chunk, BD=BD)
+    _bwd_preprocess_kernel[(B * H, N)](o, do, delta_rows, T, D=D, BT=chunk, BD=BD)
     h, z, dh, dz = states(delta_rows)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dqf = torch.empty_like(qf) if linear else None
@@ -202,11 +202,11 @@ def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states,
     valid = key_valid if key_valid is not None else q
     consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
                   num_warps=num_warps, num_stages=num_stages)
-    _bwd_dq_kernel[(N, B * H)](
+    _bwd_dq_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta_rows, dq,
         dqf if linear else dq, dg, scale, T, N, window, delta, H, Hkv, Hk, **consts,
     )
-    _bwd_dkv_kernel[(N, B * Hkv)](
+    _bwd_dkv_kernel[(B * Hkv, N)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
         dkf if linear else dk, scale, T, N, window, delta, H, Hkv, Hk, **consts,
     )

@@ -23,7 +23,7 @@ def _fwd_kernel(
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
 ):
-    i_n, i_bh = tl.program_id(0), tl.program_id(1)
+    i_bh, i_n = tl.program_id(0), tl.program_id(1)  # B*H on axis 0: axes 1-2 stop at 65535
     i_b, i_h = i_bh // H, i_bh % H
     i_hv = i_b * HKV + i_h // (H // HKV)
     i_hk = i_b * HK + i_h // (H // HK)
@@ -99,7 +99,7 @@ def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: 
     o = torch.empty_like(q)
     cs = q.new_empty(B, H, T, dtype=torch.float32)
     inv_den = torch.empty_like(cs)
-    _fwd_kernel[(N, B * H)](
+    _fwd_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den,
         scale, T, N, window, delta, H, k.shape[1], kf.shape[1],
         D=D, F=F, BT=chunk, BD=max(16, triton.next_power_of_2(D)), BF=max(16, triton.next_power_of_2(F)),

@@ -23,7 +23,7 @@ def _state_fwd_kernel(
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_VALID: tl.constexpr,
 ):
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
     HKV = HK // RK
     kf += (i_b * HK + i_hk).to(tl.int64) * T * F
@@ -61,7 +61,7 @@ def _state_bwd_kernel(
     qf, do, cs, inv_den, delta, dh, dz, T, N, DELTA, HK, RQ,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
 ):
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
     H = HK * RQ
     dh += i_bh.to(tl.int64) * N * F * D
@@ -118,7 +118,7 @@ def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int):
     h = kf.new_empty(B, Hk, N, F, D)
     z = kf.new_empty(B, Hk, N, F, dtype=torch.float32)
     BK, BV = _blocks(F, D)
-    grid = (triton.cdiv(F, BK), triton.cdiv(D, BV), B * Hk)
+    grid = (B * Hk, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_fwd_kernel[grid](
         kf, v, key_valid if key_valid is not None else kf, h, z, T, N, delta, Hk, Hk // num_heads_v,
         F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, num_warps=4,
@@ -140,7 +140,7 @@ def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chu
     dh = qf.new_empty(B, num_heads_k, N, F, D)
     dz = qf.new_empty(B, num_heads_k, N, F, dtype=torch.float32)
     BK, BV = _blocks(F, D)
-    grid = (triton.cdiv(F, BK), triton.cdiv(D, BV), B * num_heads_k)
+    grid = (B * num_heads_k, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_bwd_kernel[grid](
         qf, do, cs, inv_den, delta_rows, dh, dz, T, N, delta, num_heads_k, H // num_heads_k,
         F=F, D=D, BT=chunk, BK=BK, BV=BV, num_warps=4,

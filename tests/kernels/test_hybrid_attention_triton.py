@@ -111,3 +111,12 @@ def test_large_feature_size_gpu():
     inputs, key_valid = make_inputs(1, 4, 2, 4, 300, 64, 256, torch.bfloat16)
     outs, refs = run_both(inputs, 100, True, key_valid)
     check(outs, refs, 2e-2)
+
+
+@pytest.mark.skipif(not CUDA, reason="65536 programs per block need a GPU")
+def test_batch_times_heads_beyond_the_grid_y_limit_gpu():
+    """B * H = 65664 programs per query block: more than CUDA's 65535 on grid axes 1 and 2
+    (the 8B-shaped generation benchmark's prefill at batch 2048 x 32 heads hit this)."""
+    inputs, key_valid = make_inputs(2052, 32, 8, 8, 20, 16, 16, torch.bfloat16)
+    outs, refs = run_both(inputs, 8, True, key_valid)
+    check(outs, refs, 2e-2)
