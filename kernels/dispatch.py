@@ -81,7 +81,7 @@ def hybrid_attention(
         reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
         if (reason is None and max(q.element_size(), qf.element_size()) == 4
                 and max(q.shape[-1], qf.shape[-1]) > _MAX_FP32_DIM):
-            reason = f"fp32 head or feature dimensions above {_MAX_FP32_DIM} exceed the kernels' shared memory"
+            reason = f"fp32 head/feature dimensions above {_MAX_FP32_DIM} exceed the shared memory"
         if reason is None and q.shape[2] < _MIN_KERNEL_LEN:
             reason = f"sequences shorter than {_MIN_KERNEL_LEN} tokens run on the PyTorch path"
         if reason is None and q.is_cuda and kf.shape[1] == 1 < q.shape[1]:
