@@ -198,7 +198,7 @@ def sweep(T: int = 16384) -> None:
             dh, dz = state_bwd(qf, do, cs, inv, torch.zeros_like(cs), H, delta, chunk)
             t_dstate = triton.testing.do_bench(lambda: state_bwd(qf, do, cs, inv, cs, H, delta, chunk),
                                                return_mode="median")
-            bwd = lambda: attention_bwd(q, k, v, qf, kf, g, o, do, cs, inv, None, lambda d: (h, z, dh, dz),
+            bwd = lambda: attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, None, lambda d: (dh, dz),
                                         WINDOW, True, scale, delta, chunk, warps, stages)
             t_fwd = triton.testing.do_bench(fwd, return_mode="median")
             t_bwd = triton.testing.do_bench(bwd, return_mode="median")

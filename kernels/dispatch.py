@@ -25,6 +25,11 @@ _MAX_DIM = 256
 # suspects: until that is understood, sequences this short (where the kernel gains nothing)
 # and a single feature head on CUDA take the PyTorch path.
 _MIN_KERNEL_LEN = 16
+# fp32 tiles above 128 wide do not fit a block's shared memory (227 KiB on an H100): with
+# D = 256, F = 128 the dkv kernel needs 232 KiB, with D = F = 256 the forward 304 KiB (one
+# F x D state tile) and dkv 368 KiB (sm_90 compile, Triton 3.7; Triton raises OutOfResources
+# at launch).
+_MAX_FP32_DIM = 128
 
 
 @functools.cache
@@ -74,6 +79,9 @@ def hybrid_attention(
     kf (B, Hk, T, F), gamma (H,), key_valid (B, T) bool or None -> (B, H, T, D)."""
     if _wants_triton(q):
         reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
+        if (reason is None and max(q.element_size(), qf.element_size()) == 4
+                and max(q.shape[-1], qf.shape[-1]) > _MAX_FP32_DIM):
+            reason = f"fp32 head/feature dimensions above {_MAX_FP32_DIM} exceed the shared memory"
         if reason is None and q.shape[2] < _MIN_KERNEL_LEN:
             reason = f"sequences shorter than {_MIN_KERNEL_LEN} tokens run on the PyTorch path"
         if reason is None and q.is_cuda and kf.shape[1] == 1 < q.shape[1]:

@@ -10,7 +10,8 @@ With y_i = sum_j W_ij v_j / den_i, W_ij = gamma e^{s_ij - c_i} [window] + e^{-c_
     dgamma_h = sum_ij dW_ij e^{s_ij - c_i}
 
 Near key blocks are rebuilt tile by tile as in the forward; the far (state) part uses the
-forward states h, z for dqf and the reverse states dh, dz for dkf, dv (`triton_state.py`).
+forward states h, z (kept from the forward) for dqf and the reverse states dh, dz for dkf, dv
+(`triton_state.py`).
 Two kernels, no atomics: `_bwd_dq_kernel` per query block (dq, dqf, dgamma partials) and
 `_bwd_dkv_kernel` per key block of a K/V head, which loops over the query heads of its GQA
 group (dk, dv summed over the group; dkf over the query heads sharing a feature head).
@@ -175,16 +176,16 @@ def _bwd_dkv_kernel(
     tl.store(dv + p_kd, b_dv.to(dv.dtype.element_ty), mask=m_kd)
 
 
-def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states, window: int,
-                  linear: bool, scale: float, delta: int, chunk: int,
+def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
+                  window: int, linear: bool, scale: float, delta: int, chunk: int,
                   num_warps: int = 8, num_stages: int = 2):
     """Gradients of the hybrid attention.
 
     Args:
-        q, k, v, qf, kf, gamma, key_valid: as for `attention_fwd`; o, do: (B, H, T, D);
-        cs, inv_den: (B, H, T) saved by the forward.
-        states: callable(delta_rows) -> (h, z, dh, dz), the forward and reverse states
-            (any tensors when not linear).
+        q, k, v, qf, kf, gamma, h, z, key_valid: as for `attention_fwd` (h, z: the forward's
+            prefix states); o, do: (B, H, T, D); cs, inv_den: (B, H, T) saved by the forward.
+        reverse_states: callable(delta_rows (B, H, T) fp32) -> (dh, dz), the reverse states
+            of `state_bwd` (any tensors when not linear).
     Returns:
         dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
     """
@@ -194,7 +195,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, o, do, cs, inv_den, key_valid, states,
     BD, BF = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(F))
     delta_rows = torch.empty_like(cs)
     _bwd_preprocess_kernel[(B * H, N)](o, do, delta_rows, T, D=D, BT=chunk, BD=BD)
-    h, z, dh, dz = states(delta_rows)
+    dh, dz = reverse_states(delta_rows)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dqf = torch.empty_like(qf) if linear else None
     dkf = torch.empty_like(kf) if linear else None

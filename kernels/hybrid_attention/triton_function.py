@@ -22,7 +22,9 @@ def window_blocks(window: int, chunk: int) -> int:
 
 
 class HybridAttentionFunction(torch.autograd.Function):
-    """Fused hybrid attention; saves the inputs, the output and two fp32 numbers per row."""
+    """Fused hybrid attention; saves the inputs, the output, two fp32 numbers per row and the
+    forward's prefix states h, z (one F x D state per block: the backward reads them instead of
+    recomputing them)."""
 
     @staticmethod
     def forward(ctx, q, k, v, qf, kf, gamma, window, linear, scale, key_valid, chunk):
@@ -32,25 +34,24 @@ class HybridAttentionFunction(torch.autograd.Function):
         delta = window_blocks(window, chunk)
         h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk) if linear else (q, q)
         o, cs, inv_den = attention_fwd(q, k, v, qf, kf, g, h, z, valid, window, linear, scale, delta, chunk)
-        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den)
+        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den, h, z)
         ctx.cfg = (window, linear, scale, delta, chunk, gamma.dtype)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, qf, kf, g, valid, o, cs, inv_den = ctx.saved_tensors
+        q, k, v, qf, kf, g, valid, o, cs, inv_den, h, z = ctx.saved_tensors
         window, linear, scale, delta, chunk, gamma_dtype = ctx.cfg
         do = do.contiguous()
 
-        def states(delta_rows):
+        def reverse_states(delta_rows):
             if not linear:
-                return q, q, q, q
-            h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk)
-            dh, dz = state_bwd(qf, do, cs, inv_den, delta_rows, kf.shape[1], delta, chunk)
-            return h, z, dh, dz
+                return q, q
+            return state_bwd(qf, do, cs, inv_den, delta_rows, kf.shape[1], delta, chunk)
 
         dq, dk, dv, dqf, dkf, dg = attention_bwd(
-            q, k, v, qf, kf, g, o, do, cs, inv_den, valid, states, window, linear, scale, delta, chunk
+            q, k, v, qf, kf, g, h, z, o, do, cs, inv_den, valid, reverse_states,
+            window, linear, scale, delta, chunk,
         )
         if not linear:  # gamma cancels between numerator and denominator: its gradient is exactly 0
             dg = torch.zeros_like(dg)

@@ -58,8 +58,9 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    qf, do, cs, inv_den, delta, dh, dz, T, N, DELTA, HK, RQ,
+    qf, do, cs, inv_den, delta, dh, dz, T, N, DELTA, HK,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    RQ: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
@@ -78,24 +79,30 @@ def _state_bwd_kernel(
         tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         if i_v == 0:
             tl.store(dz + c * F + o_k, b_dz, mask=m_k)
-    for i in range(DELTA + 1, N):
-        c = N - 1 - i
+    # One flat loop over (chunk, query head of the group), innermost and of fixed shared-memory
+    # footprint whatever RQ is, so the pipeliner prefetches the next tiles across chunk
+    # boundaries (a loop over the heads nested in the chunk loop restarted the pipeline at each
+    # chunk, paying the full load latency N times).
+    for it in range(0, (N - 1 - DELTA) * RQ):
+        c = N - 2 - DELTA - it // RQ
+        r = it % RQ
         o_t = (c + DELTA + 1) * BT + tl.arange(0, BT)  # the query block that joins at chunk c
         m_t = o_t < T
-        for r in range(0, RQ):
-            i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
-            b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
-                           mask=m_t[:, None] & m_k[None, :], other=0)
-            b_do = tl.load(do + i_h * T * D + o_t[:, None] * D + o_v[None, :],
-                           mask=m_t[:, None] & m_v[None, :], other=0)
-            b_c = tl.load(cs + i_h * T + o_t, mask=m_t, other=0)
-            b_u = tl.exp(-b_c) * tl.load(inv_den + i_h * T + o_t, mask=m_t, other=0)
-            b_r = b_u * tl.load(delta + i_h * T + o_t, mask=m_t, other=0)
-            b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
+        i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
+        b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
+                       mask=m_t[:, None] & m_k[None, :], other=0)
+        b_do = tl.load(do + i_h * T * D + o_t[:, None] * D + o_v[None, :],
+                       mask=m_t[:, None] & m_v[None, :], other=0)
+        b_c = tl.load(cs + i_h * T + o_t, mask=m_t, other=0)
+        b_u = tl.exp(-b_c) * tl.load(inv_den + i_h * T + o_t, mask=m_t, other=0)
+        b_r = b_u * tl.load(delta + i_h * T + o_t, mask=m_t, other=0)
+        b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
+        if i_v == 0:  # only these programs store dz: the others skip the cross-warp sum
             b_dz += tl.sum(b_qf.to(tl.float32) * b_r[:, None], 0)
-        tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
-        if i_v == 0:
-            tl.store(dz + c * F + o_k, b_dz, mask=m_k)
+        if r == RQ - 1:
+            tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
+            if i_v == 0:
+                tl.store(dz + c * F + o_k, b_dz, mask=m_k)
 
 
 def _blocks(F: int, D: int) -> tuple[int, int]:
@@ -142,7 +149,7 @@ def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chu
     BK, BV = _blocks(F, D)
     grid = (B * num_heads_k, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_bwd_kernel[grid](
-        qf, do, cs, inv_den, delta_rows, dh, dz, T, N, delta, num_heads_k, H // num_heads_k,
-        F=F, D=D, BT=chunk, BK=BK, BV=BV, num_warps=4,
+        qf, do, cs, inv_den, delta_rows, dh, dz, T, N, delta, num_heads_k,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, RQ=H // num_heads_k, num_warps=4,
     )
     return dh, dz

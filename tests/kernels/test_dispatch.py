@@ -78,3 +78,13 @@ def test_short_sequences_take_reference_path(monkeypatch):
     with pytest.warns(RuntimeWarning, match="shorter than"):
         y = hybrid_attention(*x, 2)
     torch.testing.assert_close(y, hybrid_attention_naive(*x, 2), atol=1e-5, rtol=1e-5)
+
+
+def test_wide_fp32_takes_reference_path(monkeypatch):
+    pytest.importorskip("triton")
+    monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
+    dispatch._warn_once.cache_clear()
+    x = inputs(D=160)
+    with pytest.warns(RuntimeWarning, match="shared memory"):
+        y = hybrid_attention(*x, 5)
+    torch.testing.assert_close(y, hybrid_attention_naive(*x, 5), atol=1e-5, rtol=1e-5)

@@ -73,6 +73,7 @@ CASES = [  # B, H, Hkv, Hk, T, window, linear, key_valid
     pytest.param(1, 2, 1, 1, 1, 3, True, False, marks=pytest.mark.skipif(  # one token
         CUDA, reason="illegal memory access on H100, see kernels/dispatch.py _MIN_KERNEL_LEN")),
     (1, 2, 1, 1, 40, 3, True, False),  # one feature head for two query heads
+    (1, 8, 2, 4, 75, 20, True, True),  # Hkv < Hk < H: two feature heads per K/V head, two queries each
 ]
 
 
