@@ -2,14 +2,16 @@
 
     python benchmarks/quality.py all --out DIR [--profile gpu] [--set key=value ...]
 
-Prepares the data once (`prepare` alone does only that), evaluates the teacher once, runs every row (stage 1, stage 2, student
-evaluation) as a separate process in parallel on the same device, then writes DIR/results.md
+Prepares the data once (`prepare` alone does only that), evaluates the teacher once, runs every
+row (stage 1, stage 2, student evaluation) as a separate process — dealt round-robin to the
+visible GPUs, at most --per-gpu at a time on each (default: all at once) — then writes DIR/results.md
 (the table, tokens, trainable parameters, wall time per stage, device, command) and
 DIR/results.json. Rows: configs/ablations/{t2r-swap,hedgehog-swap,hedgehog-window,lolcats}.yaml.
 """
 
 import argparse
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -62,7 +64,8 @@ def cmd_report(args) -> None:
             rows[row] = json.loads(path.read_text())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     cmd = "python benchmarks/quality.py all --out OUT --profile " + args.profile + "".join(
-        f" --set {s}" for s in args.set) + ("" if args.rows == ALL else " --rows " + " ".join(args.rows))
+        f" --set {s}" for s in args.set) + ("" if args.rows == ALL else " --rows " + " ".join(args.rows)) + (
+        f" --per-gpu {args.per_gpu}" if args.per_gpu else "")
     lines = ["| row | stage-1 tokens | stage-2 tokens | stage-1 trainable | stage-2 trainable | "
              "stage-1 s | stage-2 s |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -76,7 +79,8 @@ def cmd_report(args) -> None:
     text = "\n".join([
         comparison_table({k: v["report"] for k, v in rows.items()}), "", *lines, "",
         f"device: {device}; torch {torch.__version__}; wall time of the whole benchmark "
-        f"{args.elapsed:.0f} s ({' '.join(args.rows)}: concurrent processes sharing this one GPU)", "",
+        f"{args.elapsed:.0f} s (rows {' '.join(args.rows)} over {max(torch.cuda.device_count(), 1)} device(s), "
+        f"{args.per_gpu or 'all'} at a time per device)", "",
         f"command: `{cmd}`"])
     (out / "results.md").write_text(text + "\n")
     print(text)
@@ -89,26 +93,45 @@ def cmd_prepare(args) -> None:
     prepare_data(_cfg("lolcats", args))
 
 
+def _queues(rows: list[str], gpus: int) -> list[list[str]]:
+    """Rows dealt round-robin to `gpus` queues (one queue when there is no or one GPU)."""
+    return [rows[g::max(gpus, 1)] for g in range(max(gpus, 1))]
+
+
 def cmd_all(args) -> None:
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `timeout`
     cmd_prepare(args)  # once, before the concurrent rows read it
     common = ["--out", args.out, "--profile", args.profile] + [x for s in args.set for x in ("--set", s)]
-    procs = {}
-    for row in args.rows:
+    gpus = torch.cuda.device_count()
+    queues = _queues(list(args.rows), gpus)
+    limit = args.per_gpu or len(args.rows)
+    running: dict[str, tuple[subprocess.Popen, object, int]] = {}
+
+    def launch(row: str, gpu: int) -> None:
         argv = [sys.executable, __file__, "teacher" if row == "teacher" else "row"]
         argv += ([] if row == "teacher" else ["--row", row]) + common
+        env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         log = open(Path(args.out) / f"log-{row}.txt", "w")
-        procs[row] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log)
+        running[row] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log, gpu)
+        print(f"{row}: started on GPU {gpu}", flush=True)
+
     try:
-        for row, (proc, log) in procs.items():
-            code = proc.wait()
-            log.close()
-            print(f"{row}: exit {code}", flush=True)
+        while any(queues) or running:
+            for gpu, queue in enumerate(queues):
+                while queue and sum(1 for *_, g in running.values() if g == gpu) < limit:
+                    launch(queue.pop(0), gpu)
+            for row, (proc, log, _) in list(running.items()):
+                if proc.poll() is not None:
+                    log.close()
+                    del running[row]
+                    print(f"{row}: exit {proc.returncode} after {time.perf_counter() - start:.0f} s", flush=True)
+            time.sleep(1)
     finally:  # a timeout or Ctrl-C on this driver stops the rows too
-        for proc, _ in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
+        for proc, _, _ in running.values():
+            proc.terminate()
     args.elapsed = time.perf_counter() - start
     cmd_report(args)
 
@@ -120,6 +143,9 @@ def main() -> None:
     ap.add_argument("--row", choices=ROWS)
     ap.add_argument("--profile", default="gpu")
     ap.add_argument("--set", action="append", default=[])
+    ap.add_argument("--per-gpu", type=int, default=0,
+                    help="processes at a time per GPU (0: every row at once); with several GPUs the rows "
+                         "are dealt round-robin to them, in --rows order")
     ap.add_argument("--rows", nargs="+", choices=ALL, default=ALL,
                     help="rows to run (default: the teacher's evaluation and every row)")
     args = ap.parse_args()
