@@ -116,7 +116,7 @@ def cmd_all(args) -> None:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
         log = open(Path(args.out) / f"log-{row}.txt", "w")
         running[row] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log, gpu)
-        print(f"{row}: started on GPU {gpu}", flush=True)
+        print(f"{row}: started" + (f" on GPU {gpu}" if gpus else ""), flush=True)
 
     try:
         while any(queues) or running:
