@@ -96,6 +96,6 @@ def hybrid_attention_triton(
     if cu_seqlens is not None:
         if q.shape[0] != 1 or key_valid is not None:
             raise ValueError("cu_seqlens needs a batch of one and no key_valid")
-        varlen = prepare_chunks(cu_seqlens, chunk)
+        varlen = prepare_chunks(cu_seqlens, chunk, q.shape[2])
     return HybridAttentionFunction.apply(q, k, v, qf, kf, gamma, int(window), bool(linear), float(scale),
                                          key_valid, chunk, varlen)

@@ -7,6 +7,9 @@ window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the re
 kept as a running max that starts at 0: when it grows, the accumulated numerator and
 denominator (linear parts included) are rescaled, so at the end both carry exactly exp(-c_i).
 
+Packed sequences (`IS_VARLEN`, `triton_varlen.py`): a program's block lies in one sequence and
+its positions, masks and states are those of that sequence alone.
+
 Saved for backward: c_i and 1 / den_i per row (fp32), which is all the backward needs to
 rebuild every weight.
 """

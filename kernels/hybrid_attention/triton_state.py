@@ -10,6 +10,9 @@ Forward:  h[n] = sum_{j in chunks < n - delta} kf_j v_j^T   (F x D),  z[n] = sum
 Backward: dh[c] = sum_{i in blocks > c + delta} qf_i g_i^T  (F x D), dz[c] = sum r_i qf_i (F)
 with g_i = u_i do_i, r_i = u_i (do_i . y_i), u_i = exp(-c_i) / den_i; the reverse state
 carries the gradient of every far query back to key chunk c.
+
+Packed sequences (`IS_VARLEN`): one program per (sequence, head) runs these recurrences over
+the blocks of its sequence alone, so both states start from zero at each sequence.
 """
 
 import torch
@@ -162,7 +165,8 @@ def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen
     BK, BV = _blocks(F, D)
     grid = (programs * Hk, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_fwd_kernel[grid](
-        kf, v, key_valid if key_valid is not None else kf, *seq_args, h, z, T, N, delta, Hk, Hk // num_heads_v,
+        kf, v, key_valid if key_valid is not None else kf, *seq_args, h, z,
+        T, N, delta, Hk, Hk // num_heads_v,
         F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
         num_warps=4,
     )

@@ -32,12 +32,17 @@ class VarlenChunks(NamedTuple):
         return self.chunk_indices.shape[0]
 
 
-def prepare_chunks(cu_seqlens: torch.Tensor, chunk: int) -> VarlenChunks:
-    """Blocks of BT = chunk tokens of every sequence; one host sync (NT sizes the grid)."""
+def prepare_chunks(cu_seqlens: torch.Tensor, chunk: int, total: int) -> VarlenChunks:
+    """Blocks of BT = chunk tokens of every sequence of a packed row of `total` tokens; one host
+    sync (NT sizes the grid), which also checks the offsets: the kernels do not bound-check them."""
     cu = cu_seqlens.to(torch.int32).contiguous()
-    counts = triton.cdiv(cu.diff(), chunk)
+    lengths = cu.diff()
+    counts = triton.cdiv(lengths, chunk)
     offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)]).to(torch.int32)
-    num_chunks = int(offsets[-1])
+    first, last, shortest, num_chunks = torch.stack(
+        [cu[0], cu[-1], lengths.min() if lengths.numel() else cu[0], offsets[-1]]).tolist()
+    if first != 0 or last != total or shortest < 0:
+        raise ValueError(f"cu_seqlens must rise from 0 to the packed length {total}")
     seq = torch.repeat_interleave(torch.arange(counts.numel(), device=cu.device), counts,
                                   output_size=num_chunks)
     local = torch.arange(num_chunks, device=cu.device) - offsets[seq]
