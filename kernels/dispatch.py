@@ -62,6 +62,20 @@ def _common_reason(q, k, kf, groups) -> str | None:
     return None
 
 
+def _attention_reason(q, k, v, qf, kf) -> str | None:
+    """Why the hybrid-attention kernels cannot take these inputs (None if they can); also
+    used for packed sequences (`varlen.py`), where T is the packed length."""
+    reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
+    if (reason is None and max(q.element_size(), qf.element_size()) == 4
+            and max(q.shape[-1], qf.shape[-1]) > _MAX_FP32_DIM):
+        reason = f"fp32 head/feature dimensions above {_MAX_FP32_DIM} exceed the shared memory"
+    if reason is None and q.shape[2] < _MIN_KERNEL_LEN:
+        reason = f"sequences shorter than {_MIN_KERNEL_LEN} tokens run on the PyTorch path"
+    if reason is None and q.is_cuda and kf.shape[1] == 1 < q.shape[1]:
+        reason = "a single feature head (Hk = 1) is not yet validated on GPU"
+    return reason
+
+
 def hybrid_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -78,14 +92,7 @@ def hybrid_attention(
     `hybrid_attention_naive`: q (B, H, T, D), k, v (B, Hkv, T, D), qf (B, H, T, F),
     kf (B, Hk, T, F), gamma (H,), key_valid (B, T) bool or None -> (B, H, T, D)."""
     if _wants_triton(q):
-        reason = _common_reason(q, k, kf, {"q, k, v": (q, k, v), "qf, kf": (qf, kf)})
-        if (reason is None and max(q.element_size(), qf.element_size()) == 4
-                and max(q.shape[-1], qf.shape[-1]) > _MAX_FP32_DIM):
-            reason = f"fp32 head/feature dimensions above {_MAX_FP32_DIM} exceed the shared memory"
-        if reason is None and q.shape[2] < _MIN_KERNEL_LEN:
-            reason = f"sequences shorter than {_MIN_KERNEL_LEN} tokens run on the PyTorch path"
-        if reason is None and q.is_cuda and kf.shape[1] == 1 < q.shape[1]:
-            reason = "a single feature head (Hk = 1) is not yet validated on GPU"
+        reason = _attention_reason(q, k, v, qf, kf)
         if reason is None:
             from .hybrid_attention.triton_function import hybrid_attention_triton
 

@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_varlen import VarlenChunks, seq_chunk
+
 
 @triton.jit
 def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr):
@@ -35,22 +37,29 @@ def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, B
 
 @triton.jit
 def _bwd_dq_kernel(
-    q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta, dq, dqf, dg,
+    q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta, dq, dqf, dg, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_bh, i_n = tl.program_id(0), tl.program_id(1)
+    i_bh, i_t = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     i_hv = i_b * HKV + i_h // (H // HKV)
     i_hk = i_b * HK + i_h // (H // HK)
     k += i_hv.to(tl.int64) * T * D
     v += i_hv.to(tl.int64) * T * D
     kf += i_hk.to(tl.int64) * T * F
+    if IS_VARLEN:  # block i_n of a sequence of L tokens from bos: positions below are local to it
+        i_n, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
+        q, do, dq, k, v = q + bos * D, do + bos * D, dq + bos * D, k + bos * D, v + bos * D
+        qf, dqf, kf = qf + bos * F, dqf + bos * F, kf + bos * F
+        cs, inv_den, delta = cs + bos, inv_den + bos, delta + bos
+    else:
+        i_n, L = i_t, T
 
     o_i = i_n * BT + tl.arange(0, BT)
     o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
-    m_i, m_d, m_f = o_i < T, o_d < D, o_f < F
+    m_i, m_d, m_f = o_i < L, o_d < D, o_f < F
     p_qd = i_bh.to(tl.int64) * T * D + o_i[:, None] * D + o_d[None, :]
     p_qf = i_bh.to(tl.int64) * T * F + o_i[:, None] * F + o_f[None, :]
     p_row = i_bh.to(tl.int64) * T + o_i
@@ -68,7 +77,7 @@ def _bwd_dq_kernel(
     b_dg = tl.zeros([BT], dtype=tl.float32)
     if LINEAR:
         b_qf = tl.load(qf + p_qf, mask=m_qf, other=0)
-        p_state = i_hk.to(tl.int64) * N + i_n
+        p_state = i_hk.to(tl.int64) * N + i_t
         b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                       mask=m_f[:, None] & m_d[None, :], other=0)
         b_z = tl.load(z + p_state * F + o_f, mask=m_f, other=0)
@@ -78,7 +87,7 @@ def _bwd_dq_kernel(
 
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
         o_j = j * BT + tl.arange(0, BT)
-        m_j = o_j < T
+        m_j = o_j < L
         if HAS_VALID:
             m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=m_j, other=0) != 0
         b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
@@ -99,27 +108,35 @@ def _bwd_dq_kernel(
     tl.store(dq + p_qd, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
     if LINEAR:
         tl.store(dqf + p_qf, b_dqf.to(dqf.dtype.element_ty), mask=m_qf)
-    tl.store(dg + i_bh.to(tl.int64) * N + i_n, tl.sum(b_dg, 0))
+    tl.store(dg + i_bh.to(tl.int64) * N + i_t, tl.sum(b_dg, 0))
 
 
 @triton.jit
 def _bwd_dkv_kernel(
-    q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta, dk, dv, dkf,
+    q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta, dk, dv, dkf, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_bg, i_c = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
+    i_bg, i_t = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
     i_b, i_g = i_bg // HKV, i_bg % HKV
     RK, RQ = HK // HKV, H // HK
+    if IS_VARLEN:  # key block i_c of a sequence of L tokens from bos (NL blocks): local positions
+        i_c, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
+        q, do, k, v, dk, dv = q + bos * D, do + bos * D, k + bos * D, v + bos * D, dk + bos * D, dv + bos * D
+        qf, kf, dkf = qf + bos * F, kf + bos * F, dkf + bos * F
+        cs, inv_den, delta = cs + bos, inv_den + bos, delta + bos
+        NL = tl.cdiv(L, BT)
+    else:
+        i_c, L, NL = i_t, T, N
 
     o_j = i_c * BT + tl.arange(0, BT)
     o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
-    m_j, m_d, m_f = o_j < T, o_d < D, o_f < F
+    m_j, m_d, m_f = o_j < L, o_d < D, o_f < F
     if HAS_VALID:
         m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=o_j < T, other=0) != 0
     p_kd = i_bg.to(tl.int64) * T * D + o_j[:, None] * D + o_d[None, :]
-    m_kd, m_kf = (o_j < T)[:, None] & m_d[None, :], (o_j < T)[:, None] & m_f[None, :]
+    m_kd, m_kf = (o_j < L)[:, None] & m_d[None, :], (o_j < L)[:, None] & m_f[None, :]
     b_k = tl.load(k + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
     b_v = tl.load(v + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
     b_dk = tl.zeros([BT, BD], dtype=tl.float32)
@@ -131,7 +148,7 @@ def _bwd_dkv_kernel(
         if LINEAR:
             p_kf = i_hk * T * F + o_j[:, None] * F + o_f[None, :]
             b_kf = tl.load(kf + p_kf, mask=m_j[:, None] & m_f[None, :], other=0)
-            p_state = i_hk * N + i_c
+            p_state = i_hk * N + i_t
             b_dh = tl.load(dh + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                            mask=m_f[:, None] & m_d[None, :], other=0)
             b_dz = tl.load(dz + p_state * F + o_f, mask=m_f, other=0)
@@ -141,9 +158,9 @@ def _bwd_dkv_kernel(
             i_h = i_g * RK * RQ + rk * RQ + rq
             i_bh = (i_b * H + i_h).to(tl.int64)
             b_g = tl.load(gamma + i_h).to(tl.float32)
-            for n in range(i_c, tl.minimum(i_c + DELTA, N - 1) + 1):
+            for n in range(i_c, tl.minimum(i_c + DELTA, NL - 1) + 1):
                 o_i = n * BT + tl.arange(0, BT)
-                m_i = o_i < T
+                m_i = o_i < L
                 p_qd = i_bh * T * D + o_i[:, None] * D + o_d[None, :]
                 p_row = i_bh * T + o_i
                 b_q = tl.load(q + p_qd, mask=m_i[:, None] & m_d[None, :], other=0)
@@ -178,12 +195,13 @@ def _bwd_dkv_kernel(
 
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
-                  num_warps: int = 8, num_stages: int = 2):
+                  varlen: VarlenChunks | None = None, num_warps: int = 8, num_stages: int = 2):
     """Gradients of the hybrid attention.
 
     Args:
-        q, k, v, qf, kf, gamma, h, z, key_valid: as for `attention_fwd` (h, z: the forward's
-            prefix states); o, do: (B, H, T, D); cs, inv_den: (B, H, T) saved by the forward.
+        q, k, v, qf, kf, gamma, h, z, key_valid, varlen: as for `attention_fwd` (h, z: the
+            forward's prefix states); o, do: (B, H, T, D); cs, inv_den: (B, H, T) saved by the
+            forward.
         reverse_states: callable(delta_rows (B, H, T) fp32) -> (dh, dz), the reverse states
             of `state_bwd` (any tensors when not linear).
     Returns:
@@ -191,24 +209,26 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
     """
     B, H, T, D = q.shape
     Hkv, Hk, F = k.shape[1], kf.shape[1], qf.shape[-1]
-    N = triton.cdiv(T, chunk)
     BD, BF = max(16, triton.next_power_of_2(D)), max(16, triton.next_power_of_2(F))
     delta_rows = torch.empty_like(cs)
-    _bwd_preprocess_kernel[(B * H, N)](o, do, delta_rows, T, D=D, BT=chunk, BD=BD)
+    # row-wise, so blind to sequence boundaries: dense blocks over the packed row too
+    _bwd_preprocess_kernel[(B * H, triton.cdiv(T, chunk))](o, do, delta_rows, T, D=D, BT=chunk, BD=BD)
+    N = triton.cdiv(T, chunk) if varlen is None else varlen.num_chunks
     dh, dz = reverse_states(delta_rows)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     dqf = torch.empty_like(qf) if linear else None
     dkf = torch.empty_like(kf) if linear else None
     dg = q.new_empty(B, H, N, dtype=torch.float32)
     valid = key_valid if key_valid is not None else q
+    seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
-                  num_warps=num_warps, num_stages=num_stages)
+                  IS_VARLEN=varlen is not None, num_warps=num_warps, num_stages=num_stages)
     _bwd_dq_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta_rows, dq,
-        dqf if linear else dq, dg, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+        dqf if linear else dq, dg, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
     )
     _bwd_dkv_kernel[(B * Hkv, N)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
-        dkf if linear else dk, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+        dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
     )
     return dq, dk, dv, dqf, dkf, dg.sum((0, 2))

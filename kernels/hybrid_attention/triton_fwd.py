@@ -7,6 +7,9 @@ window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the re
 kept as a running max that starts at 0: when it grows, the accumulated numerator and
 denominator (linear parts included) are rescaled, so at the end both carry exactly exp(-c_i).
 
+Packed sequences (`IS_VARLEN`, `triton_varlen.py`): a program's block lies in one sequence and
+its positions, masks and states are those of that sequence alone.
+
 Saved for backward: c_i and 1 / den_i per row (fp32), which is all the backward needs to
 rebuild every weight.
 """
@@ -15,15 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_varlen import VarlenChunks, seq_chunk
+
 
 @triton.jit
 def _fwd_kernel(
-    q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den,
+    q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
-    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr,
+    LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_bh, i_n = tl.program_id(0), tl.program_id(1)  # B*H on axis 0: axes 1-2 stop at 65535
+    i_bh, i_t = tl.program_id(0), tl.program_id(1)  # B*H on axis 0: axes 1-2 stop at 65535
     i_b, i_h = i_bh // H, i_bh % H
     i_hv = i_b * HKV + i_h // (H // HKV)
     i_hk = i_b * HK + i_h // (H // HK)
@@ -33,10 +38,24 @@ def _fwd_kernel(
     k += i_hv.to(tl.int64) * T * D
     v += i_hv.to(tl.int64) * T * D
     kf += i_hk.to(tl.int64) * T * F
+    cs += i_bh.to(tl.int64) * T
+    inv_den += i_bh.to(tl.int64) * T
+    if IS_VARLEN:  # block i_n of a sequence of L tokens from bos: positions below are local to it
+        i_n, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
+        q += bos * D
+        o += bos * D
+        qf += bos * F
+        k += bos * D
+        v += bos * D
+        kf += bos * F
+        cs += bos
+        inv_den += bos
+    else:
+        i_n, L = i_t, T
 
     o_i = i_n * BT + tl.arange(0, BT)
     o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
-    m_i, m_d, m_f = o_i < T, o_d < D, o_f < F
+    m_i, m_d, m_f = o_i < L, o_d < D, o_f < F
     b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0)
     b_g = tl.load(gamma + i_h).to(tl.float32)
 
@@ -45,7 +64,7 @@ def _fwd_kernel(
     b_den = tl.zeros([BT], dtype=tl.float32)
     if LINEAR:
         b_qf = tl.load(qf + o_i[:, None] * F + o_f[None, :], mask=m_i[:, None] & m_f[None, :], other=0)
-        p_state = i_hk.to(tl.int64) * N + i_n
+        p_state = i_hk.to(tl.int64) * N + i_t
         b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                       mask=m_f[:, None] & m_d[None, :], other=0)
         b_z = tl.load(z + p_state * F + o_f, mask=m_f, other=0)
@@ -54,7 +73,7 @@ def _fwd_kernel(
 
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
         o_j = j * BT + tl.arange(0, BT)
-        m_j = o_j < T
+        m_j = o_j < L
         if HAS_VALID:
             m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=m_j, other=0) != 0
         b_k = tl.load(k + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
@@ -78,31 +97,35 @@ def _fwd_kernel(
     b_inv = tl.where(b_den > 0, 1.0 / tl.where(b_den > 0, b_den, 1.0), 0.0)
     tl.store(o + o_i[:, None] * D + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
              mask=m_i[:, None] & m_d[None, :])
-    tl.store(cs + i_bh.to(tl.int64) * T + o_i, b_m, mask=m_i)
-    tl.store(inv_den + i_bh.to(tl.int64) * T + o_i, b_inv, mask=m_i)
+    tl.store(cs + o_i, b_m, mask=m_i)
+    tl.store(inv_den + o_i, b_inv, mask=m_i)
 
 
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,
-                  scale: float, delta: int, chunk: int, num_warps: int = 4, num_stages: int = 1):
+                  scale: float, delta: int, chunk: int, varlen: VarlenChunks | None = None,
+                  num_warps: int = 4, num_stages: int = 1):
     """Launch the forward kernel.
 
     Args:
         q: (B, H, T, D), k, v: (B, Hkv, T, D), qf: (B, H, T, F), kf: (B, Hk, T, F), all
             contiguous; gamma: (H,) fp32; h: (B, Hk, N, F, D), z: (B, Hk, N, F) from
             `state_fwd` (any tensors when not linear); key_valid: (B, T) int8 or None.
+        varlen: packed sequences (B = 1, key_valid None), or None.
     Returns:
         o: (B, H, T, D) in q's dtype; cs, inv_den: (B, H, T) fp32.
     """
     B, H, T, D = q.shape
     F = qf.shape[-1]
-    N = triton.cdiv(T, chunk)
+    N = triton.cdiv(T, chunk) if varlen is None else varlen.num_chunks
     o = torch.empty_like(q)
     cs = q.new_empty(B, H, T, dtype=torch.float32)
     inv_den = torch.empty_like(cs)
+    seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     _fwd_kernel[(B * H, N)](
-        q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den,
+        q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den, *seq_args,
         scale, T, N, window, delta, H, k.shape[1], kf.shape[1],
         D=D, F=F, BT=chunk, BD=max(16, triton.next_power_of_2(D)), BF=max(16, triton.next_power_of_2(F)),
-        LINEAR=linear, HAS_VALID=key_valid is not None, num_warps=num_warps, num_stages=num_stages,
+        LINEAR=linear, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
+        num_warps=num_warps, num_stages=num_stages,
     )
     return o, cs, inv_den

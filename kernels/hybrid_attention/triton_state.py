@@ -10,26 +10,41 @@ Forward:  h[n] = sum_{j in chunks < n - delta} kf_j v_j^T   (F x D),  z[n] = sum
 Backward: dh[c] = sum_{i in blocks > c + delta} qf_i g_i^T  (F x D), dz[c] = sum r_i qf_i (F)
 with g_i = u_i do_i, r_i = u_i (do_i . y_i), u_i = exp(-c_i) / den_i; the reverse state
 carries the gradient of every far query back to key chunk c.
+
+Packed sequences (`IS_VARLEN`): one program per (sequence, head) runs these recurrences over
+the blocks of its sequence alone, so both states start from zero at each sequence.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from .triton_varlen import VarlenChunks, seq_bounds
+
 
 @triton.jit
 def _state_fwd_kernel(
-    kf, v, valid, h, z, T, N, DELTA, HK, RK,
+    kf, v, valid, cu_seqlens, chunk_offsets, h, z, T, N, DELTA, HK, RK,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_VALID: tl.constexpr,
+    HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
     HKV = HK // RK
-    kf += (i_b * HK + i_hk).to(tl.int64) * T * F
-    v += (i_b * HKV + i_hk // RK).to(tl.int64) * T * D
-    h += i_bh.to(tl.int64) * N * F * D
-    z += i_bh.to(tl.int64) * N * F
+    if IS_VARLEN:  # i_b is a sequence of the packed row (batch 1): its rows and its states
+        bos, L = seq_bounds(cu_seqlens, i_b)
+        NL = tl.cdiv(L, BT)
+        kf += i_hk.to(tl.int64) * T * F + bos * F
+        v += (i_hk // RK).to(tl.int64) * T * D + bos * D
+        p_n = i_hk.to(tl.int64) * N + tl.load(chunk_offsets + i_b)
+        h += p_n * F * D
+        z += p_n * F
+    else:
+        L, NL = T, N
+        kf += (i_b * HK + i_hk).to(tl.int64) * T * F
+        v += (i_b * HKV + i_hk // RK).to(tl.int64) * T * D
+        h += i_bh.to(tl.int64) * N * F * D
+        z += i_bh.to(tl.int64) * N * F
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < F, o_v < D
@@ -38,13 +53,13 @@ def _state_fwd_kernel(
 
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     b_z = tl.zeros([BK], dtype=tl.float32)
-    for n in range(0, tl.minimum(DELTA + 1, N)):
+    for n in range(0, tl.minimum(DELTA + 1, NL)):
         tl.store(h + n * F * D + p_h, b_h.to(h.dtype.element_ty), mask=m_h)
         if i_v == 0:
             tl.store(z + n * F + o_k, b_z, mask=m_k)
-    for n in range(DELTA + 1, N):
+    for n in range(DELTA + 1, NL):
         o_t = (n - DELTA - 1) * BT + tl.arange(0, BT)
-        m_t = o_t < T
+        m_t = o_t < L
         if HAS_VALID:
             m_t &= tl.load(valid + i_b.to(tl.int64) * T + o_t, mask=m_t, other=0) != 0
         b_kf = tl.load(kf + o_t[:, None] * F + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
@@ -58,15 +73,29 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    qf, do, cs, inv_den, delta, dh, dz, T, N, DELTA, HK,
+    qf, do, cs, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, T, N, DELTA, HK,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RQ: tl.constexpr,
+    RQ: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
     H = HK * RQ
-    dh += i_bh.to(tl.int64) * N * F * D
-    dz += i_bh.to(tl.int64) * N * F
+    if IS_VARLEN:  # sequence i_b of the packed row: shift the row pointers to its start
+        bos, L = seq_bounds(cu_seqlens, i_b)
+        NL = tl.cdiv(L, BT)
+        qf += bos * F
+        do += bos * D
+        cs += bos
+        inv_den += bos
+        delta += bos
+        p_n = i_hk.to(tl.int64) * N + tl.load(chunk_offsets + i_b)
+        dh += p_n * F * D
+        dz += p_n * F
+        i_b = 0  # the packed row is batch 0
+    else:
+        L, NL = T, N
+        dh += i_bh.to(tl.int64) * N * F * D
+        dz += i_bh.to(tl.int64) * N * F
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < F, o_v < D
@@ -75,7 +104,7 @@ def _state_bwd_kernel(
 
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     b_dz = tl.zeros([BK], dtype=tl.float32)
-    for c in range(tl.maximum(N - 1 - DELTA, 0), N):  # chunks that no query block reads as far
+    for c in range(tl.maximum(NL - 1 - DELTA, 0), NL):  # chunks that no query block reads as far
         tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         if i_v == 0:
             tl.store(dz + c * F + o_k, b_dz, mask=m_k)
@@ -83,11 +112,11 @@ def _state_bwd_kernel(
     # footprint whatever RQ is, so the pipeliner prefetches the next tiles across chunk
     # boundaries (a loop over the heads nested in the chunk loop restarted the pipeline at each
     # chunk, paying the full load latency N times).
-    for it in range(0, (N - 1 - DELTA) * RQ):
-        c = N - 2 - DELTA - it // RQ
+    for it in range(0, (NL - 1 - DELTA) * RQ):
+        c = NL - 2 - DELTA - it // RQ
         r = it % RQ
         o_t = (c + DELTA + 1) * BT + tl.arange(0, BT)  # the query block that joins at chunk c
-        m_t = o_t < T
+        m_t = o_t < L
         i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
         b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
                        mask=m_t[:, None] & m_k[None, :], other=0)
@@ -110,46 +139,59 @@ def _blocks(F: int, D: int) -> tuple[int, int]:
     return (min(64, max(16, triton.next_power_of_2(F))), min(64, max(16, triton.next_power_of_2(D))))
 
 
-def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int):
+def _layout(x: torch.Tensor, chunk: int, varlen: VarlenChunks | None) -> tuple[int, int, tuple]:
+    """(N blocks per row of states, programs per head, varlen pointers) of x (B, Hx, T, E):
+    dense, B rows of cdiv(T, BT) blocks; packed (B = 1), one program per sequence and NT blocks."""
+    if varlen is None:
+        return triton.cdiv(x.shape[2], chunk), x.shape[0], (x, x)
+    return varlen.num_chunks, varlen.num_seqs, (varlen.cu_seqlens, varlen.chunk_offsets)
+
+
+def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen: VarlenChunks | None = None):
     """Prefix states per query block.
 
     Args:
         kf: (B, Hk, T, F) contiguous; v: (B, Hkv, T, D) contiguous, Hk a multiple of Hkv.
-        key_valid: (B, T) int8 or None.
+        key_valid: (B, T) int8 or None (None when varlen).
+        varlen: packed sequences (B = 1), or None.
     Returns:
-        h: (B, Hk, N, F, D) in kf's dtype; z: (B, Hk, N, F) fp32.
+        h: (B, Hk, N, F, D) in kf's dtype; z: (B, Hk, N, F) fp32; N = NT when varlen.
     """
     B, Hk, T, F = kf.shape
     D = v.shape[-1]
-    N = triton.cdiv(T, chunk)
+    N, programs, seq_args = _layout(kf, chunk, varlen)
     h = kf.new_empty(B, Hk, N, F, D)
     z = kf.new_empty(B, Hk, N, F, dtype=torch.float32)
     BK, BV = _blocks(F, D)
-    grid = (B * Hk, triton.cdiv(F, BK), triton.cdiv(D, BV))
+    grid = (programs * Hk, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_fwd_kernel[grid](
-        kf, v, key_valid if key_valid is not None else kf, h, z, T, N, delta, Hk, Hk // num_heads_v,
-        F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, num_warps=4,
+        kf, v, key_valid if key_valid is not None else kf, *seq_args, h, z,
+        T, N, delta, Hk, Hk // num_heads_v,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
+        num_warps=4,
     )
     return h, z
 
 
-def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chunk: int):
+def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chunk: int,
+              varlen: VarlenChunks | None = None):
     """Reverse states per key chunk.
 
     Args:
         qf: (B, H, T, F); do: (B, H, T, D); cs, inv_den, delta_rows: (B, H, T) fp32.
+        varlen: packed sequences (B = 1), or None.
     Returns:
-        dh: (B, Hk, N, F, D) in qf's dtype; dz: (B, Hk, N, F) fp32.
+        dh: (B, Hk, N, F, D) in qf's dtype; dz: (B, Hk, N, F) fp32; N = NT when varlen.
     """
     B, H, T, F = qf.shape
     D = do.shape[-1]
-    N = triton.cdiv(T, chunk)
+    N, programs, seq_args = _layout(qf, chunk, varlen)
     dh = qf.new_empty(B, num_heads_k, N, F, D)
     dz = qf.new_empty(B, num_heads_k, N, F, dtype=torch.float32)
     BK, BV = _blocks(F, D)
-    grid = (B * num_heads_k, triton.cdiv(F, BK), triton.cdiv(D, BV))
+    grid = (programs * num_heads_k, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_bwd_kernel[grid](
-        qf, do, cs, inv_den, delta_rows, dh, dz, T, N, delta, num_heads_k,
-        F=F, D=D, BT=chunk, BK=BK, BV=BV, RQ=H // num_heads_k, num_warps=4,
+        qf, do, cs, inv_den, delta_rows, *seq_args, dh, dz, T, N, delta, num_heads_k,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, RQ=H // num_heads_k, IS_VARLEN=varlen is not None, num_warps=4,
     )
     return dh, dz
