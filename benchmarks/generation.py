@@ -44,7 +44,7 @@ def build(kind: str, shape: dict, dtype, device, lin: LinearizeConfig) -> torch.
             else:
                 p.normal_(0.0, 0.02, generator=gen)
     # to_empty left the non-persistent RoPE frequencies uninitialised: rebuild the module
-    model.model.rotary_emb = type(model.model.rotary_emb)(model.config, device=device)
+    model.model.rotary_emb = type(model.model.rotary_emb)(model.config).to(device)
     if kind == "lolcats":
         linearize(model, lin)
         model.to(device=device, dtype=dtype)
