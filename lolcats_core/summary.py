@@ -4,6 +4,11 @@ from .evaluation import compare_reports
 from .run_config import RunConfig
 
 
+def _stage_row(name: str, stage: dict) -> str:
+    rate = f"{stage['tokens'] / stage['seconds']:,.0f}" if stage["seconds"] and stage["tokens"] else "-"
+    return f"| {name} | {stage['tokens']:,} | {stage['trainable_parameters']:,} | {stage['seconds']} | {rate} |"
+
+
 def format_summary(cfg: RunConfig, data, stage1: dict, stage2: dict, teacher: dict, student: dict) -> str:
     """Markdown summary: teacher vs linearized metrics, tokens, trainable parameters, time."""
     lines = [
@@ -12,10 +17,10 @@ def format_summary(cfg: RunConfig, data, stage1: dict, stage2: dict, teacher: di
         "",
         compare_reports(teacher, student, names=("teacher", "linearized")),
         "",
-        "| stage | tokens | trainable parameters | wall time (s) |",
-        "|---|---|---|---|",
-        f"| attention transfer | {stage1['tokens']:,} | {stage1['trainable_parameters']:,} | {stage1['seconds']} |",
-        f"| LoRA adjustment | {stage2['tokens']:,} | {stage2['trainable_parameters']:,} | {stage2['seconds']} |",
+        "| stage | tokens | trainable parameters | wall time (s) | tokens/s |",
+        "|---|---|---|---|---|",
+        _stage_row("attention transfer", stage1),
+        _stage_row("LoRA adjustment", stage2),
         "",
         f"device: {cfg.resolved_device()}, data fingerprint {data.fingerprint[:16]}, "
         f"checkpoint: {stage2['model']}",

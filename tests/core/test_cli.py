@@ -61,3 +61,12 @@ def test_evaluate_a_checkpoint_without_a_config(tiny_model_dir, smollm2_dir, tmp
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["perplexity"]["perplexity"] > 1 and "piqa" in report["lm_eval"]
+
+
+def test_summary_stage_rows_give_the_throughput():
+    from lolcats_core.summary import _stage_row
+
+    trained = {"tokens": 20_000_000, "trainable_parameters": 921_600, "seconds": 250.0}
+    assert _stage_row("LoRA adjustment", trained) == "| LoRA adjustment | 20,000,000 | 921,600 | 250.0 | 80,000 |"
+    skipped = {"tokens": 0, "trainable_parameters": 0, "seconds": 0.0}
+    assert _stage_row("attention transfer", skipped).endswith("| 0.0 | - |")
