@@ -26,7 +26,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
 from transformers.initialization import no_init_weights
 
 from .config import LinearizeConfig
-from .convert import linearize
+from .convert import base_model, linearize
 from .errors import CheckpointError
 from .lora import LoraSettings
 from .presets import load_base_model, weight_fingerprint
@@ -61,14 +61,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
 def _attention_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Feature-map and gate tensors, keyed by their names in the unwrapped model."""
     keys = ("feature_map_q.", "feature_map_k.", "window_gate")
-    return {k: v for k, v in _unwrap(model).state_dict().items() if any(s in k for s in keys)}
+    return {k: v for k, v in base_model(model).state_dict().items() if any(s in k for s in keys)}
 
 
 def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -76,7 +72,7 @@ def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
     Tied (shared-storage) duplicates are dropped and re-tied on load.
     """
-    inner = _unwrap(model)
+    inner = base_model(model)
     deltas = {f"{name}.weight": m.get_delta_weight(m.active_adapters[0])
               for name, m in inner.named_modules() if isinstance(m, LoraLayer)}
     seen, state = set(), {}
@@ -102,7 +98,7 @@ def save_linearized(model: nn.Module, save_directory, tokenizer=None, merge_lora
     """
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    inner = _unwrap(model)
+    inner = base_model(model)
     base = getattr(inner.config, "lolcats_base", None)
     if not getattr(inner.config, "lolcats", None) or not base:
         raise CheckpointError("save_linearized needs a model from load_base_model() + linearize()")
@@ -139,14 +135,14 @@ def _check_directory(path: Path) -> None:
         raise CheckpointError(f"{path} has no {WEIGHTS_NAME}: not a lolcats checkpoint")
 
 
-def _check_base(cfg: LolcatsConfig, base_model: nn.Module) -> None:
-    have = base_model.config.to_dict()
+def _check_base(cfg: LolcatsConfig, base: nn.Module) -> None:
+    have = base.config.to_dict()
     diffs = [f"{k}: checkpoint {cfg.base_config.get(k)!r} vs base {have.get(k)!r}"
              for k in SHAPE_FIELDS if cfg.base_config.get(k) != have.get(k)]
     if diffs:
         raise CheckpointError(
             f"base model {cfg.base_model.get('id')!r} does not match the checkpoint: " + "; ".join(diffs))
-    want, got = cfg.base_model.get("fingerprint"), weight_fingerprint(base_model)
+    want, got = cfg.base_model.get("fingerprint"), weight_fingerprint(base)
     if want and want != got:
         raise CheckpointError(
             f"base model weights differ from those the checkpoint was trained on "

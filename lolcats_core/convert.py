@@ -45,10 +45,14 @@ def check_supported(model_config, class_name: str | None = None) -> None:
         )
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The causal LM itself: `model`, or the one a peft wrapper holds."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of a causal LM (through a peft wrapper if any)."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model.layers
+    return base_model(model).model.layers
 
 
 def linearize(model: nn.Module, lin: LinearizeConfig) -> nn.Module:

@@ -80,7 +80,9 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
 
     Independent of the dtype the model was loaded in; changes when the weights change.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from .convert import base_model
+
+    inner = base_model(model)
     return _fingerprint([inner.get_input_embeddings().weight, inner.model.layers[-1].mlp.down_proj.weight])
 
 

@@ -7,11 +7,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..convert import base_model
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
-
-
-def _base(model: nn.Module) -> nn.Module:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor, int]:
@@ -20,7 +17,7 @@ def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor
     The output head runs only on the positions that have a label (ShareGPT rows mask the
     prompts, often half the tokens), and the fp32 copy covers only those logits.
     """
-    base = _base(model)
+    base = base_model(model)
     labels = batch["labels"].to(device)
     hidden = base.model(input_ids=batch["input_ids"].to(device)).last_hidden_state  # (B, T, hidden)
     target = labels[:, 1:]

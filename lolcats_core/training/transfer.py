@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..convert import freeze_for_attention_transfer, linearized_attentions
+from ..convert import base_model, freeze_for_attention_transfer, linearized_attentions
 from .loop import BatchSource, NonFiniteLossError, TrainConfig, TrainResult, restore_best, train_loop
 
 
@@ -75,16 +75,12 @@ def transfer_mode(model: nn.Module, train: bool, scale: float = 1.0):
             a.transfer_hook = None
 
 
-def _decoder(model: nn.Module) -> nn.Module:
-    return model.get_base_model().model if hasattr(model, "get_base_model") else model.model
-
-
 def layer_mse(model: nn.Module, batches: Iterable[dict], device) -> dict[int, float]:
     """Mean held-out attention MSE per linearized layer."""
     model.eval()
     with torch.no_grad(), transfer_mode(model, train=False) as record:
         for batch in batches:
-            _decoder(model)(input_ids=batch["input_ids"].to(device))
+            base_model(model).model(input_ids=batch["input_ids"].to(device))
     return {layer: s / n for layer, (s, n) in record.totals().items()}
 
 
@@ -107,7 +103,7 @@ def attention_transfer(
     def step(batch: dict, scale: float) -> dict:
         model.train()
         with torch.no_grad(), transfer_mode(model, train=True, scale=scale) as record:
-            _decoder(model)(input_ids=batch["input_ids"].to(device))
+            base_model(model).model(input_ids=batch["input_ids"].to(device))
         per_layer = [s / n for s, n in record.totals().values()]
         return {"loss": sum(per_layer) / len(per_layer)}
 

@@ -70,21 +70,19 @@ def test_cuda_tensors_use_kernels():
     assert ((y.float() - ref).norm() / ref.norm()).item() < 2e-2
 
 
-def test_short_sequences_take_reference_path(monkeypatch):
+def _short_inputs():
+    return [t[:, :, :3] for t in inputs()[:5]] + [inputs()[5]]
+
+
+@pytest.mark.parametrize("make,window,reason", [
+    (_short_inputs, 2, "shorter than"),                   # sequences too short for the kernels
+    (lambda: inputs(D=160), 5, "shared memory"),          # fp32 wider than 128
+], ids=["short-sequences", "wide-fp32"])
+def test_inputs_the_kernels_skip_take_reference_path(monkeypatch, make, window, reason):
     pytest.importorskip("triton")
     monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
     dispatch._warn_once.cache_clear()
-    x = [t[:, :, :3] for t in inputs()[:5]] + [inputs()[5]]
-    with pytest.warns(RuntimeWarning, match="shorter than"):
-        y = hybrid_attention(*x, 2)
-    torch.testing.assert_close(y, hybrid_attention_naive(*x, 2), atol=1e-5, rtol=1e-5)
-
-
-def test_wide_fp32_takes_reference_path(monkeypatch):
-    pytest.importorskip("triton")
-    monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
-    dispatch._warn_once.cache_clear()
-    x = inputs(D=160)
-    with pytest.warns(RuntimeWarning, match="shared memory"):
-        y = hybrid_attention(*x, 5)
-    torch.testing.assert_close(y, hybrid_attention_naive(*x, 5), atol=1e-5, rtol=1e-5)
+    x = make()
+    with pytest.warns(RuntimeWarning, match=reason):
+        y = hybrid_attention(*x, window)
+    torch.testing.assert_close(y, hybrid_attention_naive(*x, window), atol=1e-5, rtol=1e-5)
