@@ -169,10 +169,24 @@ def run(out_dir: str, lengths: list[int]) -> None:
         save()
 
 
-def sweep(T: int = 16384) -> None:
-    """Time the kernels of one forward/backward under several launch configurations."""
-    import triton
+def kernel_ms(fn, reps: int = 20) -> dict[str, float]:
+    """{kernel name: mean GPU ms per call of fn} from torch.profiler over `reps` calls."""
+    from torch.profiler import ProfilerActivity, profile
 
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key: e.device_time_total / 1e3 / reps for e in prof.key_averages()
+            if e.device_time_total > 0 and e.key.startswith("_")}
+
+
+def sweep(T: int = 16384) -> None:
+    """GPU time of each kernel of one forward/backward (B=1, 32 heads, head dim 128, features
+    128) under several block lengths and launch configurations: where the time goes, and the
+    best (num_warps, num_stages) for each kernel."""
     from lolcats_kernels.hybrid_attention.triton_bwd import attention_bwd
     from lolcats_kernels.hybrid_attention.triton_fwd import attention_fwd
     from lolcats_kernels.hybrid_attention.triton_function import window_blocks
@@ -181,29 +195,35 @@ def sweep(T: int = 16384) -> None:
     dev, dt = "cuda", torch.bfloat16
     q = torch.randn(B, H, T, D, device=dev, dtype=dt)
     k, v = (torch.randn(B, HKV, T, D, device=dev, dtype=dt) for _ in range(2))
-    qf, kf = (torch.rand(B, H, T, F, device=dev, dtype=dt) / F for _ in range(2))
+    qf = torch.rand(B, H, T, F, device=dev, dtype=dt) / F
+    kf = torch.rand(B, HKV, T, F, device=dev, dtype=dt) / F
     g = torch.full((H,), 0.1, device=dev)
     do = torch.randn_like(q)
     scale = D**-0.5
-    print(f"sweep T={T}: chunk warps stages | state_fwd fwd | state_bwd bwd(dq+dkv) ms")
+    print(f"sweep T={T}: GPU ms per kernel")
     for chunk in (64, 32):
         delta = window_blocks(WINDOW, chunk)
         h, z = state_fwd(kf, v, None, HKV, delta, chunk)
-        t_state = triton.testing.do_bench(lambda: state_fwd(kf, v, None, HKV, delta, chunk),
-                                          return_mode="median")
-        for warps, stages in ((4, 1), (4, 2), (8, 1), (8, 2)) if chunk == 64 else ((4, 2), (8, 1)):
-            fwd = lambda: attention_fwd(q, k, v, qf, kf, g, h, z, None, WINDOW, True, scale, delta, chunk,
-                                        warps, stages)
+        for warps, stages in ((4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3)):
+            def fwd():
+                return attention_fwd(q, k, v, qf, kf, g, h, z, None, WINDOW, True, scale, delta, chunk,
+                                     num_warps=warps, num_stages=stages)
+
             o, cs, inv = fwd()
-            dh, dz = state_bwd(qf, do, cs, inv, torch.zeros_like(cs), H, delta, chunk)
-            t_dstate = triton.testing.do_bench(lambda: state_bwd(qf, do, cs, inv, cs, H, delta, chunk),
-                                               return_mode="median")
-            bwd = lambda: attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, None, lambda d: (dh, dz),
-                                        WINDOW, True, scale, delta, chunk, warps, stages)
-            t_fwd = triton.testing.do_bench(fwd, return_mode="median")
-            t_bwd = triton.testing.do_bench(bwd, return_mode="median")
-            print(f"{chunk:5d} {warps:5d} {stages:6d} | {t_state:8.3f} {t_fwd:6.3f} | "
-                  f"{t_dstate:8.3f} {t_bwd:6.3f}", flush=True)
+
+            def bwd():
+                return attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, None,
+                                     lambda d: state_bwd(qf, do, cs, inv, d, HKV, delta, chunk),
+                                     WINDOW, True, scale, delta, chunk, dq_launch=(warps, stages),
+                                     dkv_launch=(warps, stages))
+            try:
+                times = kernel_ms(lambda: (state_fwd(kf, v, None, HKV, delta, chunk), fwd(), bwd()))
+            except Exception as err:  # a config over the shared-memory limit
+                print(f"chunk {chunk} warps {warps} stages {stages}: {type(err).__name__}", flush=True)
+                continue
+            cells = " ".join(f"{name}={ms:.3f}" for name, ms in sorted(times.items()))
+            print(f"chunk {chunk} warps {warps} stages {stages}: total {sum(times.values()):.3f} | {cells}",
+                  flush=True)
 
 
 def plot(path: str, docs: str) -> None:

@@ -195,7 +195,8 @@ def _bwd_dkv_kernel(
 
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
-                  varlen: VarlenChunks | None = None, num_warps: int = 8, num_stages: int = 2):
+                  varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] = (8, 2),
+                  dkv_launch: tuple[int, int] = (8, 2)):
     """Gradients of the hybrid attention.
 
     Args:
@@ -204,6 +205,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
             forward.
         reverse_states: callable(delta_rows (B, H, T) fp32) -> (dh, dz), the reverse states
             of `state_bwd` (any tensors when not linear).
+        dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels.
     Returns:
         dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
     """
@@ -222,13 +224,15 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
     valid = key_valid if key_valid is not None else q
     seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
-                  IS_VARLEN=varlen is not None, num_warps=num_warps, num_stages=num_stages)
+                  IS_VARLEN=varlen is not None)
     _bwd_dq_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta_rows, dq,
         dqf if linear else dq, dg, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+        num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
     _bwd_dkv_kernel[(B * Hkv, N)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
         dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+        num_warps=dkv_launch[0], num_stages=dkv_launch[1],
     )
     return dq, dk, dv, dqf, dkf, dg.sum((0, 2))

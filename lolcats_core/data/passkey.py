@@ -107,17 +107,27 @@ class PasskeyGenerator:
         )
 
     def training_documents(
-        self, lengths: Sequence[int], depths: Sequence[float], rng: random.Random, mask_prompt: bool
+        self, lengths: Sequence[int], depths: Sequence[float], rng: random.Random, mask_prompt: bool,
+        row_len: int | None = None,
     ) -> Iterator[Document]:
         """Endless training documents of prompt + answer.
 
         Each document's total length is drawn from `lengths` and its depth from `depths`
         (uniform in [0, 1] when `depths` is empty). With `mask_prompt` only the answer tokens
-        are labelled.
+        are labelled. With `row_len`, the documents tile rows of that many tokens: only lengths
+        that fit the rest of the row are drawn, and a row's last document takes the rest when
+        less than `lengths`' minimum would be left, so packing never separates an answer from
+        its needle.
         """
+        remaining = row_len
         while True:
             key = self.new_key(rng)
-            length = rng.choice(lengths)
+            length = rng.choice(lengths if row_len is None else
+                                [n for n in lengths if n <= remaining] or [remaining])
+            if row_len is not None:
+                if remaining - length < min(lengths):
+                    length = remaining
+                remaining = remaining - length or row_len
             depth = rng.choice(depths) if depths else rng.random()
             answer_len = len(self._encode(ANSWER.format(key=key)))
             sample = self.sample(length - answer_len, depth, rng, key=key)

@@ -155,7 +155,7 @@ def _streams(source: str, paths: list[Path], config: DataConfig, tokenizer) -> d
         return {
             split: generator.training_documents(
                 config.passkey_lengths or [config.seq_len], config.passkey_depths,
-                random.Random(f"{config.seed}-passkey-{split}"), config.mask_prompt,
+                random.Random(f"{config.seed}-passkey-{split}"), config.mask_prompt, config.seq_len,
             )  # fmt: skip
             for split in ("validation", "train")
         }

@@ -94,6 +94,17 @@ def test_short_passkey_samples_are_packed_together(tokenizer, tmp_path):
         assert sum(label != -100 for label in row["labels"]) == 2 * 6  # two answers " ddddd"
 
 
+def test_passkey_samples_of_mixed_lengths_are_never_split_across_rows(tokenizer, tmp_path):
+    config = DataConfig(mix={"passkey": 1.0}, seq_len=512, passkey_lengths=[128, 192, 384], train_tokens=512 * 6,
+                        val_tokens=0, cache_dir=str(tmp_path))  # fmt: skip
+    data = prepare_dataset(config, tokenizer, progress=False)
+    for row in data.train:
+        text = tokenizer.decode(row["input_ids"])
+        questions = text.count("What is the pass key?")
+        assert questions >= 2 and text.count("The pass key is") == 2 * questions  # needle + answer each
+        assert sum(label != -100 for label in row["labels"]) == 6 * questions
+
+
 def test_a_source_that_runs_out_keeps_the_mix(tokenizer, tmp_path):
     (tmp_path / "small.txt").write_text("A short essay about nothing in particular.\n" * 120)
     config = DataConfig(mix={"text": 0.5, "passkey": 0.5}, text_paths=[str(tmp_path / "small.txt")], seq_len=128,

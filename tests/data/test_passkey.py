@@ -58,3 +58,15 @@ def test_training_documents_have_the_drawn_length_and_label_only_the_answer(gene
         assert tokenizer.decode(answer).strip().isdigit()
         assert np.array_equal(answer, ids[-len(answer) :])
     assert lengths == {300, 500}
+
+
+def test_training_documents_tile_rows_exactly(generator):
+    docs = generator.training_documents([300, 500], [], random.Random(0), mask_prompt=True, row_len=1024)
+    ends, total = set(), 0
+    for _ in range(40):
+        ids, _ = next(docs)
+        assert len(ids) >= 300
+        total += len(ids)
+        ends.add(total)
+    # every row boundary falls between two documents
+    assert {1024 * n for n in range(1, total // 1024 + 1)} <= ends
