@@ -4,7 +4,7 @@
 
 Prepares the data once (`prepare` alone does only that), evaluates the teacher once, runs every
 row (stage 1, stage 2, student evaluation) as a separate process — dealt round-robin to the
-visible GPUs, at most --per-gpu at a time on each (default: all at once) — then writes DIR/results.md
+visible GPUs, at most --per-gpu at a time on each (default 1) — then writes DIR/results.md
 (the table, tokens, trainable parameters, wall time per stage, device, command) and
 DIR/results.json. Rows: configs/ablations/{t2r-swap,hedgehog-swap,hedgehog-window,lolcats}.yaml.
 """
@@ -65,7 +65,7 @@ def cmd_report(args) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     cmd = "python benchmarks/quality.py all --out OUT --profile " + args.profile + "".join(
         f" --set {s}" for s in args.set) + ("" if args.rows == ALL else " --rows " + " ".join(args.rows)) + (
-        f" --per-gpu {args.per_gpu}" if args.per_gpu else "")
+        f" --per-gpu {args.per_gpu}" if args.per_gpu != 1 else "")
     lines = ["| row | stage-1 tokens | stage-2 tokens | stage-1 trainable | stage-2 trainable | "
              "stage-1 s | stage-2 s |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
@@ -143,9 +143,10 @@ def main() -> None:
     ap.add_argument("--row", choices=ROWS)
     ap.add_argument("--profile", default="gpu")
     ap.add_argument("--set", action="append", default=[])
-    ap.add_argument("--per-gpu", type=int, default=0,
-                    help="processes at a time per GPU (0: every row at once); with several GPUs the rows "
-                         "are dealt round-robin to them, in --rows order")
+    ap.add_argument("--per-gpu", type=int, default=1,
+                    help="processes at a time per GPU (0: every row at once; two gpu-profile trainings of "
+                         "~39 GiB each do not fit one 80 GiB GPU beside an evaluation); with several GPUs "
+                         "the rows are dealt round-robin to them, in --rows order")
     ap.add_argument("--rows", nargs="+", choices=ALL, default=ALL,
                     help="rows to run (default: the teacher's evaluation and every row)")
     args = ap.parse_args()

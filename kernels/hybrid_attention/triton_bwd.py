@@ -195,7 +195,7 @@ def _bwd_dkv_kernel(
 
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
-                  varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] = (8, 2),
+                  varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] = (4, 1),
                   dkv_launch: tuple[int, int] = (8, 2)):
     """Gradients of the hybrid attention.
 

@@ -61,6 +61,7 @@ class PasskeyResult:
             "by_length": {str(n): acc for n, acc in self.by_length().items()},
             "overall": float(self.accuracy.mean()),
             "table": self.table(),
+            "predictions": {f"{n}@{d}": texts for (n, d), texts in self.predictions.items()},
         }
 
     def heatmap(self, path: str | Path, title: str = "Passkey retrieval accuracy") -> Path:

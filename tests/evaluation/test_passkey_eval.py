@@ -39,6 +39,10 @@ def test_random_model_fails_and_oracle_succeeds(tiny_lm, tokenizer, tmp_path):
     assert len(table) == 6 and {(r["length"], r["depth"]) for r in table} == {
         (n, d) for n in (160, 320) for d in (0.0, 0.5, 1.0)
     }
+    # the generated answers are kept for inspection: the oracle's start with the key
+    predictions = oracle.to_dict()["predictions"]
+    assert len(predictions) == 6 and all(len(texts) == 2 for texts in predictions.values())
+    assert all(re.match(r" \d{5}", t) for texts in predictions.values() for t in texts)
     png = oracle.heatmap(tmp_path / "passkey.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
