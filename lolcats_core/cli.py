@@ -144,6 +144,38 @@ def cmd_evaluate(args) -> None:
     print(json.dumps(report, indent=1, default=str))
 
 
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
+
+
+def cmd_retrieval_layers(args) -> None:
+    import torch
+
+    from .evaluation import retrieval_scores
+
+    model, tok = load_for_inference(args.model, device=args.device)
+    if tok is None:
+        raise LolcatsError(f"{args.model} has no tokenizer files; save one beside the model")
+    with torch.no_grad():
+        result = retrieval_scores(model, tok, [int(n) for n in args.lengths], args.depths, trials=args.trials)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    else:
+        layer_scores, best_heads = result.layer_scores(), result.scores.argmax(axis=1)
+        print(f"attention mass on the needle from the last prompt position (uniform attention: "
+              f"{result.baseline:.3f}); {len(result.lengths) * len(result.depths) * args.trials} prompts")
+        print("| rank | layer | best head | mass | x uniform |\n|---|---|---|---|---|")
+        for rank, i in enumerate(result.top_layers(len(layer_scores)), 1):
+            print(f"| {rank} | {i} | {best_heads[i]} | {layer_scores[i]:.3f} | {layer_scores[i] / result.baseline:.1f} |")
+        print(f"keep the top {args.top} as softmax: --set linearize.softmax_layers="
+              f"[{','.join(map(str, sorted(result.top_layers(args.top))))}]")
+    if args.plot:
+        print(f"figure: {result.plot(args.plot)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lolcats",
@@ -172,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--linearize", action="store_true", help="linearize a base model before generating")
     _add_linearize_args(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("retrieval-layers", help="rank a softmax model's layers by attention on a passkey needle",
+                       description="Measure, per layer and head, how much of the last prompt position's "
+                                   "attention lands on the passkey needle (eager attention, one prompt at a "
+                                   "time): the layers worth keeping as softmax for retrieval.")
+    p.add_argument("--model", required=True, help="preset name or base-model directory")
+    p.add_argument("--lengths", type=_floats, default=[1024, 2048], help="prompt lengths (default 1024,2048)")
+    p.add_argument("--depths", type=_floats, default=[0.1, 0.3, 0.5, 0.7, 0.9],
+                   help="needle depths in [0, 1] (default 0.1,0.3,0.5,0.7,0.9: outside a short window)")
+    p.add_argument("--trials", type=int, default=2, help="prompts per (length, depth)")
+    p.add_argument("--top", type=int, default=4, help="how many layers the suggestion keeps")
+    p.add_argument("--plot", help="write the layer x head heat map here (PNG)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=cmd_retrieval_layers)
 
     for name, helptext in (("linearize", "run attention transfer, LoRA and evaluation from a config"),
                            ("evaluate", "evaluate a checkpoint with a config's evaluation settings")):

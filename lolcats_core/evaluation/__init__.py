@@ -7,14 +7,16 @@ extra); everything here imports without lm-eval.
 from .config import TASK_NAMES, ZERO_SHOT_TASKS, EvalConfig
 from .passkey import PasskeyResult, passkey_retrieval
 from .perplexity import perplexity
-from .plots import plot_attention_mse, plot_passkey_heatmap
+from .plots import plot_attention_mse, plot_passkey_heatmap, plot_retrieval_scores
 from .report import compare_reports, comparison_table, evaluate_model, summary_metrics
+from .retrieval import RetrievalScores, retrieval_scores
 
 __all__ = [
     "TASK_NAMES",
     "ZERO_SHOT_TASKS",
     "EvalConfig",
     "PasskeyResult",
+    "RetrievalScores",
     "compare_reports",
     "comparison_table",
     "evaluate_model",
@@ -22,5 +24,7 @@ __all__ = [
     "perplexity",
     "plot_attention_mse",
     "plot_passkey_heatmap",
+    "plot_retrieval_scores",
+    "retrieval_scores",
     "summary_metrics",
 ]

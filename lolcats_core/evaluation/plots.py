@@ -55,3 +55,24 @@ def plot_passkey_heatmap(
     fig.colorbar(image, ax=ax, label="accuracy")
     ax.set_title(title)
     return _save(fig, path)
+
+
+def plot_retrieval_scores(
+    scores: np.ndarray, baseline: float, path: str | Path, *, title: str = "Attention mass on the passkey needle",
+) -> Path:
+    """Heat map of scores [layers, heads] (mass in [0, 1]) above a bar plot of each layer's best
+    head, with the uniform-attention `baseline` as a dashed line."""
+    layers, heads = scores.shape
+    fig = Figure(figsize=(max(5.0, 0.3 * layers + 2), 0.25 * heads + 4.2))
+    top, bottom = fig.subplots(2, 1, height_ratios=[heads, 8], sharex=True)
+    image = top.imshow(scores.T, vmin=0.0, vmax=max(float(scores.max()), 1e-6), cmap="viridis", aspect="auto")
+    top.set_ylabel("head")
+    top.set_title(title)
+    fig.colorbar(image, ax=[top, bottom], label="attention mass", shrink=0.6)
+    bottom.bar(range(layers), scores.max(axis=1), color="#4C72B0")
+    bottom.axhline(baseline, color="gray", linestyle="--", label=f"uniform attention ({baseline:.3f})")
+    bottom.set_xlabel("layer")
+    bottom.set_ylabel("best head")
+    bottom.set_xticks(range(layers), [str(i) for i in range(layers)], fontsize=7)
+    bottom.legend(fontsize=8)
+    return _save(fig, path)

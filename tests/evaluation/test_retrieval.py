@@ -1,0 +1,51 @@
+"""Retrieval scores: attention mass on the passkey needle per layer and head."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from lolcats_core import LinearizeConfig, linearize
+from lolcats_core.cli import main
+from lolcats_core.data import PasskeyGenerator
+from lolcats_core.errors import LolcatsError
+from lolcats_core.evaluation import retrieval_scores
+
+
+def test_scores_are_the_eager_attention_on_the_needle(tiny_lm, tokenizer, tmp_path):
+    result = retrieval_scores(tiny_lm, tokenizer, lengths=[160], depths=[0.5], trials=1, progress=False)
+    assert result.scores.shape == (2, tiny_lm.config.num_attention_heads)
+    # the same prompt, attention weights taken from output_attentions
+    sample = PasskeyGenerator(tokenizer).sample(160, 0.5, random.Random("passkey-0-160-0.5"))
+    tiny_lm.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = tiny_lm(torch.tensor([sample.input_ids]), output_attentions=True)
+    tiny_lm.config._attn_implementation = "sdpa"
+    expected = np.stack([a[0, :, -1, sample.needle_start : sample.needle_end].sum(-1).numpy()
+                         for a in out.attentions])
+    np.testing.assert_allclose(result.scores, expected, rtol=1e-5, atol=1e-6)
+    assert result.baseline == pytest.approx((sample.needle_end - sample.needle_start) / 160)
+    assert result.top_layers(1)[0] == int(expected.max(axis=1).argmax())
+    assert result.plot(tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_linearized_model_is_refused(tiny_lm, tokenizer):
+    linearize(tiny_lm, LinearizeConfig(window=4))
+    with pytest.raises(LolcatsError, match="linearized: retrieval scores are measured on the softmax teacher"):
+        retrieval_scores(tiny_lm, tokenizer, lengths=[160], depths=[0.5], trials=1, progress=False)
+
+
+@pytest.mark.slow
+def test_smollm2_has_retrieval_layers(capsys, tmp_path):
+    argv = ["retrieval-layers", "--model", "smollm2-135m", "--lengths", "512", "--depths", "0.25,0.75",
+            "--trials", "1", "--plot", str(tmp_path / "r.png"), "--json"]
+    assert main(argv) == 0
+    import json
+
+    report = json.loads(capsys.readouterr().out.split("figure:")[0])
+    scores = np.array(report["layer_scores"])
+    # a trained model has heads that put most of their mass on the needle; uniform attention
+    # would put report["baseline"] (~5%) there
+    assert scores.max() > 0.5 and scores.max() > 5 * report["baseline"]
+    assert (tmp_path / "r.png").exists()
