@@ -9,7 +9,9 @@ every query of block n, so it is a pure linear-attention key.
 Forward:  h[n] = sum_{j in chunks < n - delta} kf_j v_j^T   (F x D),  z[n] = sum kf_j  (F)
 Backward: dh[c] = sum_{i in blocks > c + delta} qf_i g_i^T  (F x D), dz[c] = sum r_i qf_i (F)
 with g_i = u_i do_i, r_i = u_i (do_i . y_i), u_i = exp(-c_i) / den_i; the reverse state
-carries the gradient of every far query back to key chunk c.
+carries the gradient of every far query back to key chunk c. With grouped key maps (Hk < H),
+the sums also run over the H / Hk query heads of a key head: the kernel runs one program per
+query head and `state_bwd` adds up the heads of each group.
 
 Packed sequences (`IS_VARLEN`): one program per (sequence, head) runs these recurrences over
 the blocks of its sequence alone, so both states start from zero at each sequence.
@@ -73,29 +75,28 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    qf, do, cs, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, T, N, DELTA, HK,
+    qf, do, cs, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, T, N, DELTA, H,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    RQ: tl.constexpr, IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
-    i_b, i_hk = i_bh // HK, i_bh % HK
-    H = HK * RQ
-    if IS_VARLEN:  # sequence i_b of the packed row: shift the row pointers to its start
+    i_b, i_h = i_bh // H, i_bh % H  # one query head: its own states, summed over the group by the caller
+    if IS_VARLEN:  # sequence i_b of the packed row (batch 1): its rows and its states
         bos, L = seq_bounds(cu_seqlens, i_b)
         NL = tl.cdiv(L, BT)
-        qf += bos * F
-        do += bos * D
-        cs += bos
-        inv_den += bos
-        delta += bos
-        p_n = i_hk.to(tl.int64) * N + tl.load(chunk_offsets + i_b)
-        dh += p_n * F * D
-        dz += p_n * F
-        i_b = 0  # the packed row is batch 0
+        row = i_h.to(tl.int64) * T + bos
+        p_n = i_h.to(tl.int64) * N + tl.load(chunk_offsets + i_b)
     else:
         L, NL = T, N
-        dh += i_bh.to(tl.int64) * N * F * D
-        dz += i_bh.to(tl.int64) * N * F
+        row = i_bh.to(tl.int64) * T
+        p_n = i_bh.to(tl.int64) * N
+    qf += row * F
+    do += row * D
+    cs += row
+    inv_den += row
+    delta += row
+    dh += p_n * F * D
+    dz += p_n * F
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < F, o_v < D
@@ -108,30 +109,19 @@ def _state_bwd_kernel(
         tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         if i_v == 0:
             tl.store(dz + c * F + o_k, b_dz, mask=m_k)
-    # One flat loop over (chunk, query head of the group), innermost and of fixed shared-memory
-    # footprint whatever RQ is, so the pipeliner prefetches the next tiles across chunk
-    # boundaries (a loop over the heads nested in the chunk loop restarted the pipeline at each
-    # chunk, paying the full load latency N times).
-    for it in range(0, (NL - 1 - DELTA) * RQ):
-        c = NL - 2 - DELTA - it // RQ
-        r = it % RQ
+    for i in range(0, NL - 1 - DELTA):  # chunks c = NL - 2 - DELTA down to 0
+        c = NL - 2 - DELTA - i
         o_t = (c + DELTA + 1) * BT + tl.arange(0, BT)  # the query block that joins at chunk c
         m_t = o_t < L
-        i_h = (i_b * H + i_hk * RQ + r).to(tl.int64)
-        b_qf = tl.load(qf + i_h * T * F + o_t[:, None] * F + o_k[None, :],
-                       mask=m_t[:, None] & m_k[None, :], other=0)
-        b_do = tl.load(do + i_h * T * D + o_t[:, None] * D + o_v[None, :],
-                       mask=m_t[:, None] & m_v[None, :], other=0)
-        b_c = tl.load(cs + i_h * T + o_t, mask=m_t, other=0)
-        b_u = tl.exp(-b_c) * tl.load(inv_den + i_h * T + o_t, mask=m_t, other=0)
-        b_r = b_u * tl.load(delta + i_h * T + o_t, mask=m_t, other=0)
+        b_qf = tl.load(qf + o_t[:, None] * F + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
+        b_do = tl.load(do + o_t[:, None] * D + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        b_u = tl.exp(-tl.load(cs + o_t, mask=m_t, other=0)) * tl.load(inv_den + o_t, mask=m_t, other=0)
+        b_r = b_u * tl.load(delta + o_t, mask=m_t, other=0)
         b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
-        if i_v == 0:  # only these programs store dz: the others skip the cross-warp sum
+        tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
+        if i_v == 0:  # only these programs compute and store dz: the others skip the cross-warp sum
             b_dz += tl.sum(b_qf.to(tl.float32) * b_r[:, None], 0)
-        if r == RQ - 1:
-            tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
-            if i_v == 0:
-                tl.store(dz + c * F + o_k, b_dz, mask=m_k)
+            tl.store(dz + c * F + o_k, b_dz, mask=m_k)
 
 
 def _blocks(F: int, D: int) -> tuple[int, int]:
@@ -177,21 +167,30 @@ def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chu
               varlen: VarlenChunks | None = None):
     """Reverse states per key chunk.
 
+    One program per query head and state tile; with RQ = H / Hk > 1 query heads per key head,
+    the kernel writes per-query-head states (B, H, N, F, D) and (B, H, N, F) in fp32, then the
+    RQ heads of each group are summed here.
+
     Args:
-        qf: (B, H, T, F); do: (B, H, T, D); cs, inv_den, delta_rows: (B, H, T) fp32.
+        qf: (B, H, T, F); do: (B, H, T, D); cs, inv_den, delta_rows: (B, H, T) fp32; H a
+            multiple of num_heads_k (Hk).
         varlen: packed sequences (B = 1), or None.
     Returns:
         dh: (B, Hk, N, F, D) in qf's dtype; dz: (B, Hk, N, F) fp32; N = NT when varlen.
     """
     B, H, T, F = qf.shape
     D = do.shape[-1]
+    RQ = H // num_heads_k
     N, programs, seq_args = _layout(qf, chunk, varlen)
-    dh = qf.new_empty(B, num_heads_k, N, F, D)
-    dz = qf.new_empty(B, num_heads_k, N, F, dtype=torch.float32)
+    dh = qf.new_empty(B, H, N, F, D, dtype=qf.dtype if RQ == 1 else torch.float32)
+    dz = qf.new_empty(B, H, N, F, dtype=torch.float32)
     BK, BV = _blocks(F, D)
-    grid = (programs * num_heads_k, triton.cdiv(F, BK), triton.cdiv(D, BV))
+    grid = (programs * H, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_bwd_kernel[grid](
-        qf, do, cs, inv_den, delta_rows, *seq_args, dh, dz, T, N, delta, num_heads_k,
-        F=F, D=D, BT=chunk, BK=BK, BV=BV, RQ=H // num_heads_k, IS_VARLEN=varlen is not None, num_warps=4,
+        qf, do, cs, inv_den, delta_rows, *seq_args, dh, dz, T, N, delta, H,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, IS_VARLEN=varlen is not None, num_warps=4,
     )
+    if RQ > 1:
+        dh = dh.view(B, num_heads_k, RQ, N, F, D).sum(2).to(qf.dtype)
+        dz = dz.view(B, num_heads_k, RQ, N, F).sum(2)
     return dh, dz

@@ -74,6 +74,7 @@ CASES = [  # B, H, Hkv, Hk, T, window, linear, key_valid
         CUDA, reason="illegal memory access on H100, see kernels/dispatch.py _MIN_KERNEL_LEN")),
     (1, 2, 1, 1, 40, 3, True, False),  # one feature head for two query heads
     (1, 8, 2, 4, 75, 20, True, True),  # Hkv < Hk < H: two feature heads per K/V head, two queries each
+    (2, 8, 2, 2, 70, 10, True, True),  # four query heads per feature head, padding
 ]
 
 
@@ -84,9 +85,9 @@ def test_matches_reference_fp32(B, H, Hkv, Hk, T, window, linear, valid):
     check(outs, refs, 5e-3 if CUDA else 1e-4)  # GPU fp32 dots run in tf32
 
 
-@pytest.mark.parametrize("D,F", [(24, 12), (32, 32)])
-def test_non_power_of_two_and_fp16(D, F):
-    inputs, key_valid = make_inputs(2, 4, 2, 4, 35, D, F, torch.float16, valid=True)
+@pytest.mark.parametrize("D,F,Hk", [(24, 12, 4), (32, 32, 4), (24, 12, 2)])
+def test_non_power_of_two_and_fp16(D, F, Hk):
+    inputs, key_valid = make_inputs(2, 4, 2, Hk, 35, D, F, torch.float16, valid=True)
     outs, refs = run_both(inputs, 7, True, key_valid)
     check(outs, refs, 1e-2)
 

@@ -61,6 +61,7 @@ CASES = [  # lengths, H, Hkv, Hk, window, linear
     ([9, 1, 30], 8, 2, 4, 40, True),  # window longer than every sequence; Hkv < Hk < H
     ([20, 45], 6, 2, 2, 7, False),  # sliding window only, GQA 3
     ([1, 64, 1], 3, 1, 3, 16, True),  # window = block, one-token sequences at both ends
+    ([40, 7, 52], 8, 2, 2, 10, True),  # four query heads per feature head
 ]
 
 
@@ -76,12 +77,12 @@ def test_native_matches_per_sequence_fp32(lengths, H, Hkv, Hk, window, linear):
     check(outs, refs, max(lengths), 5e-3 if CUDA else 1e-4)  # GPU fp32 dots run in tf32
 
 
-@pytest.mark.parametrize("lengths,window", [([30, 1, 19, 7], 5), ([40, 2, 24], 33)])
-def test_native_matches_per_sequence_fp16(lengths, window):
+@pytest.mark.parametrize("lengths,window,Hk", [([30, 1, 19, 7], 5, 4), ([40, 2, 24], 33, 4), ([50, 3, 37], 5, 2)])
+def test_native_matches_per_sequence_fp16(lengths, window, Hk):
     pytest.importorskip("triton")
     from lolcats_kernels.hybrid_attention.triton_function import hybrid_attention_triton
 
-    inputs, cu = make_inputs(lengths, 4, 2, 4, 24, 12, torch.float16)
+    inputs, cu = make_inputs(lengths, 4, 2, Hk, 24, 12, torch.float16)
     do = torch.randn(1, 4, sum(lengths), 24, device=DEVICE)
     outs = grads_of(lambda *x: hybrid_attention_triton(*x, window, True, None, None, CHUNK, cu), inputs, do)
     refs = grads_of(per_sequence_naive(cu, window, True), [x.float() for x in inputs], do)
