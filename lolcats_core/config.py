@@ -1,10 +1,12 @@
 """What to linearize and how: the attention-swap configuration shared by every stage."""
 
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from .errors import ConfigError
 
 ATTENTION_KINDS = ("hybrid", "linear", "window")
+_RETRIEVAL = re.compile(r"retrieval:([1-9][0-9]*)")
 
 
 @dataclass
@@ -17,8 +19,10 @@ class LinearizeConfig:
         attention: `hybrid` (window softmax + linear), `linear` (no window) or `window`
             (sliding-window softmax only).
         window: w, tokens in the sliding window (hybrid and window attention).
-        softmax_layers: layer indices kept as softmax attention, or a fraction in [0, 1)
-            of the layers to keep (spread evenly, first layer included).
+        softmax_layers: layer indices kept as softmax attention, a fraction in [0, 1) of the
+            layers to keep (spread evenly, first layer included), or "retrieval:K": the K
+            layers whose heads attend most to a passkey needle in the teacher, measured when
+            the run loads the teacher (`evaluation.resolve_softmax_layers`).
         share_key_map: one key feature map per KV group instead of one per query head
             (fewer parameters and a smaller decode state).
         gamma_init: initial softmax-term weight sigmoid(g) of every head.
@@ -28,7 +32,7 @@ class LinearizeConfig:
     feature_dim: int = 64
     attention: str = "hybrid"
     window: int = 64
-    softmax_layers: list[int] | float = field(default_factory=list)
+    softmax_layers: list[int] | float | str = field(default_factory=list)
     share_key_map: bool = False
     gamma_init: float = 0.1
 
@@ -57,6 +61,14 @@ class LinearizeConfig:
             raise ConfigError(f"softmax_layers as a fraction must lie in [0, 1), got {sl!r}")
         if isinstance(sl, (list, tuple)) and not all(isinstance(i, int) and i >= 0 for i in sl):
             raise ConfigError(f"softmax_layers must be non-negative layer indices, got {sl!r}")
+        if isinstance(sl, str) and not _RETRIEVAL.fullmatch(sl):
+            raise ConfigError(f"softmax_layers as text must be 'retrieval:K' (keep the K layers that attend "
+                              f"most to a passkey needle), got {sl!r}")
+
+    def retrieval_layers(self) -> int | None:
+        """K of softmax_layers = "retrieval:K", else None."""
+        sl = self.softmax_layers
+        return int(_RETRIEVAL.fullmatch(sl).group(1)) if isinstance(sl, str) else None
 
     @property
     def linear(self) -> bool:
@@ -66,6 +78,9 @@ class LinearizeConfig:
     def softmax_layer_indices(self, num_layers: int) -> list[int]:
         """Resolve `softmax_layers` against a model with `num_layers` layers."""
         sl = self.softmax_layers
+        if isinstance(sl, str):
+            raise ConfigError(f"softmax_layers {sl!r} is measured on the teacher: resolve it with "
+                              "lolcats_core.evaluation.resolve_softmax_layers before linearizing")
         if isinstance(sl, float):
             keep = round(sl * num_layers)
             return sorted({int(i * num_layers / keep) for i in range(keep)}) if keep else []

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_linearized, save_linearized
-from .convert import linearize
+from .convert import decoder_layers, linearize
 from .data import PreparedData, make_dataloader, prepare_dataset
-from .evaluation import evaluate_model, plot_attention_mse
+from .evaluation import evaluate_model, plot_attention_mse, resolve_softmax_layers
 from .lora import add_lora
 from .presets import base_model_ref, load_base_model, model_config, resolve
 from .run_config import RunConfig
@@ -101,7 +101,11 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
         return done
     model, tokenizer, ref = _load_base(cfg)
     out.mkdir(parents=True, exist_ok=True)
-    linearize(model, cfg.linearize)
+    lin, retrieval = resolve_softmax_layers(cfg.linearize, model, tokenizer, cfg.eval.passkey_lengths)
+    if retrieval is not None:
+        retrieval.plot(out / "retrieval_layers.png", title=f"{cfg.name}: teacher attention on the passkey needle")
+        log.info("softmax layers by retrieval score (%s): %s", cfg.linearize.softmax_layers, lin.softmax_layers)
+    linearize(model, lin)
     seq_len = cfg.data.seq_len
     start = time.perf_counter()
     if cfg.stage1.enabled:
@@ -120,6 +124,8 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
         "step": "attention_transfer", "dir": str(out), "model": str(out / "model"), "steps": steps,
         "tokens": tokens, "seconds": round(seconds, 1), "layer_mse": {str(k): v for k, v in mse.items()},
         "history": history, "base": ref.to_dict(), "data_fingerprint": data.fingerprint,
+        "softmax_layers": lin.softmax_layer_indices(len(decoder_layers(model))),
+        **({"retrieval": retrieval.to_dict()} if retrieval is not None else {}),
         "trainable_parameters": sum(p.numel() for n, p in model.named_parameters()
                                     if "feature_map" in n or "window_gate" in n),
     })

@@ -9,7 +9,7 @@ from .passkey import PasskeyResult, passkey_retrieval
 from .perplexity import perplexity
 from .plots import plot_attention_mse, plot_passkey_heatmap, plot_retrieval_scores
 from .report import compare_reports, comparison_table, evaluate_model, summary_metrics
-from .retrieval import RetrievalScores, retrieval_scores
+from .retrieval import RetrievalScores, resolve_softmax_layers, retrieval_scores
 
 __all__ = [
     "TASK_NAMES",
@@ -25,6 +25,7 @@ __all__ = [
     "plot_attention_mse",
     "plot_passkey_heatmap",
     "plot_retrieval_scores",
+    "resolve_softmax_layers",
     "retrieval_scores",
     "summary_metrics",
 ]

@@ -10,7 +10,7 @@ answer) that lands on the needle's tokens, per layer and head.
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..attention import LolcatsAttention
+from ..config import LinearizeConfig
+from ..convert import decoder_layers
 from ..data import PasskeyGenerator, check_fits
 from ..errors import LolcatsError
 from .plots import plot_retrieval_scores
@@ -136,3 +138,23 @@ def retrieval_scores(
     finally:
         model.config._attn_implementation = previous
     return RetrievalScores((sums / count).numpy(), float(np.mean(shares)), list(lengths), list(depths), trials)
+
+
+def resolve_softmax_layers(
+    lin: LinearizeConfig, model: torch.nn.Module, tokenizer, lengths: Sequence[int], *, progress: bool = True,
+) -> tuple[LinearizeConfig, RetrievalScores | None]:
+    """`lin` with softmax_layers = "retrieval:K" replaced by the K best layers of `retrieval_scores`
+    on the (softmax) `model`, over prompts of `lengths` that fit the model; other configs are
+    returned as they are, with None."""
+    k = lin.retrieval_layers()
+    if k is None:
+        return lin, None
+    layers = len(decoder_layers(model))
+    if k >= layers:
+        raise LolcatsError(f"softmax_layers 'retrieval:{k}' keeps every layer of a {layers}-layer model")
+    limit = getattr(model.config, "max_position_embeddings", None) or max(lengths)
+    fitting = [n for n in lengths if n <= limit]
+    if not fitting:
+        raise LolcatsError(f"no passkey length in {list(lengths)} fits the model's {limit} positions")
+    scores = retrieval_scores(model, tokenizer, fitting, progress=progress)
+    return replace(lin, softmax_layers=sorted(scores.top_layers(k))), scores

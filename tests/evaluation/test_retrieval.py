@@ -1,6 +1,7 @@
 """Retrieval scores: attention mass on the passkey needle per layer and head."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +10,8 @@ import torch
 from lolcats_core import LinearizeConfig, linearize
 from lolcats_core.cli import main
 from lolcats_core.data import PasskeyGenerator
-from lolcats_core.errors import LolcatsError
-from lolcats_core.evaluation import retrieval_scores
+from lolcats_core.errors import ConfigError, LolcatsError
+from lolcats_core.evaluation import resolve_softmax_layers, retrieval_scores
 
 
 def test_scores_are_the_eager_attention_on_the_needle(tiny_lm, tokenizer, tmp_path):
@@ -49,3 +50,43 @@ def test_smollm2_has_retrieval_layers(capsys, tmp_path):
     # would put report["baseline"] (~5%) there
     assert scores.max() > 0.5 and scores.max() > 5 * report["baseline"]
     assert (tmp_path / "r.png").exists()
+
+
+def test_retrieval_k_in_the_config_is_checked_and_must_be_resolved():
+    assert LinearizeConfig(softmax_layers="retrieval:3").retrieval_layers() == 3
+    assert LinearizeConfig(softmax_layers=[1]).retrieval_layers() is None
+    for bad in ("retrieval:0", "retrieval", "top:3", "retrieval:2x"):
+        with pytest.raises(ConfigError, match="must be 'retrieval:K'"):
+            LinearizeConfig(softmax_layers=bad)
+    with pytest.raises(ConfigError, match="resolve it with lolcats_core.evaluation.resolve_softmax_layers"):
+        LinearizeConfig(softmax_layers="retrieval:1").softmax_layer_indices(4)
+
+
+def test_resolve_keeps_the_best_retrieval_layers(tiny_lm, tokenizer):
+    lin = LinearizeConfig(window=4, softmax_layers="retrieval:1")
+    resolved, scores = resolve_softmax_layers(lin, tiny_lm, tokenizer, [160, 99999], progress=False)
+    assert scores.lengths == [160]  # lengths beyond the model's positions are skipped
+    assert resolved.softmax_layers == scores.top_layers(1) and resolved.window == 4
+    assert resolve_softmax_layers(LinearizeConfig(softmax_layers=[0]), tiny_lm, tokenizer, [160]) == (
+        LinearizeConfig(softmax_layers=[0]), None)
+    with pytest.raises(LolcatsError, match="keeps every layer of a 2-layer model"):
+        resolve_softmax_layers(LinearizeConfig(softmax_layers="retrieval:2"), tiny_lm, tokenizer, [160])
+
+
+def test_stage1_resolves_and_records_retrieval_layers(tmp_path):
+    from service.tiny import make_tiny_base, tiny_tree
+
+    from lolcats_core.checkpoint import load_linearized
+    from lolcats_core.pipeline import attention_transfer_step, prepare_data
+    from lolcats_core.run_config import load_run_config
+
+    tree = tiny_tree("retrieval", make_tiny_base(tmp_path), tmp_path, max_steps=1)
+    tree["linearize"]["softmax_layers"] = "retrieval:1"
+    cfg = load_run_config(tree=tree)
+    record = attention_transfer_step(cfg, prepare_data(cfg))
+    assert len(record["softmax_layers"]) == 1 and len(record["retrieval"]["layer_scores"]) == 2
+    assert record["softmax_layers"][0] == int(np.argmax(record["retrieval"]["layer_scores"]))
+    assert (Path(record["dir"]) / "retrieval_layers.png").exists()
+    # the checkpoint stores the resolved layers, so loading it needs no teacher
+    model = load_linearized(record["model"])
+    assert model.config.lolcats["softmax_layers"] == record["softmax_layers"]
