@@ -11,7 +11,7 @@
 # Session 3 ran this script as of commit 406768c (passkey + ablation rows + benchmarks).
 # Usage: bash benchmarks/gpu_full_run.sh DIR   (long: start it with setsid and poll
 # DIR/progress.txt; `bash benchmarks/gpu_full_run.sh DIR --collect` packs what has finished into
-# DIR/{abl,long,logs}.tar.gz at any time)
+# DIR/{abl,long,logs}.tar.gz and the passkey rows' adapters into DIR/adapter-*.tar at any time)
 set -uo pipefail
 OUT=$1
 RETRIEVAL_LAYERS=${RETRIEVAL_LAYERS:-retrieval:4}  # measured on the teacher: 18, 20, 21, 23 on SmolLM2
@@ -21,6 +21,14 @@ collect() {
       --exclude='trainer' --exclude='data' . 2>/dev/null
   done
   tar -czf "$OUT/logs.tar.gz" -C "$OUT" --exclude='*.tar.gz' --exclude=abl --exclude=long . 2>/dev/null
+  # the passkey rows' adapters (feature maps, gates, LoRA: ~8-12 MB each) for CPU analysis, e.g.
+  # benchmarks/needle_capacity.py --student (one file each: the copy-back limit is 16 MiB a file)
+  for m in "$OUT"/long/retrieval-*/runs/*/stage[12]-*/model; do
+    [ -d "$m" ] || continue
+    row=$(basename "$(dirname "$(dirname "$(dirname "$m")")")")
+    stage=$(basename "$(dirname "$m")" | cut -d- -f1)
+    tar -cf "$OUT/adapter-$row-$stage.tar" -C "$(dirname "$m")" model
+  done
 }
 [ "${2:-}" = --collect ] && { collect; exit; }
 progress() { echo "$* $(date +%T)" >> "$OUT/progress.txt"; }
