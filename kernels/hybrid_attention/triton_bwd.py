@@ -195,7 +195,7 @@ def _bwd_dkv_kernel(
 
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
-                  varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] = (4, 1),
+                  varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] = (4, 2),
                   dkv_launch: tuple[int, int] = (8, 2)):
     """Gradients of the hybrid attention.
 
@@ -205,7 +205,9 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
             forward.
         reverse_states: callable(delta_rows (B, H, T) fp32) -> (dh, dz), the reverse states
             of `state_bwd` (any tensors when not linear).
-        dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels.
+        dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels. dq at
+            (4, 1) is 10% faster on an H100 but hit an illegal memory access in the fp16 tests
+            (small masked head sizes); (4, 2) passes every GPU test.
     Returns:
         dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
     """
