@@ -62,6 +62,10 @@ gpu0=$!
   [ -f "$OUT/kernel_tests.failed" ] || touch "$OUT/kernel_tests.ok"
   touch "$OUT/kernel_tests.done"
   progress "kernel tests $([ -f "$OUT/kernel_tests.ok" ] && echo passed || echo FAILED)"
+  # the fastest dq launch (4, 1) faulted in the fp16 tests of session 3: same gradients? which access?
+  timeout 60 python3 benchmarks/dq_launch_check.py --launch 4,1 > "$OUT/dq_launch_check.txt" 2>&1
+  timeout 150 compute-sanitizer --tool memcheck python3 benchmarks/dq_launch_check.py --launch 4,1 \
+    > "$OUT/dq_launch_memcheck.txt" 2>&1
   PYTHONPATH=$PYTHONPATH:/tmp/site timeout 200 python3 benchmarks/attention_gpu.py sweep > "$OUT/sweep.txt" 2>&1
   PYTHONPATH=$PYTHONPATH:/tmp/site timeout 400 python3 benchmarks/attention_gpu.py run --out "$OUT/k" \
     > "$OUT/bench.txt" 2>&1
