@@ -112,6 +112,9 @@ def main() -> None:
                     help="share of training prompts that are plain essay text (no needle), as the "
                          "recipe mixes passkey samples into chat data (0.8: one passkey prompt in five)")
     ap.add_argument("--student", help="a stage-1 checkpoint directory: measure its maps instead of fitting")
+    ap.add_argument("--own-states", action="store_true",
+                    help="with --student: queries and keys from the linearized model's own forward (its "
+                         "earlier layers linearized too) instead of the teacher's")
     ap.add_argument("--objective", choices=["kl", "mse"], default="kl",
                     help="fit attention weights (KL) or attention outputs (MSE, the stage-1 loss)")
     args = ap.parse_args()
@@ -119,11 +122,12 @@ def main() -> None:
     d = smollm2_dir()
     model, tok = AutoModelForCausalLM.from_pretrained(d).eval(), AutoTokenizer.from_pretrained(d)
     gen, rng = PasskeyGenerator(tok), random.Random(0)
-    prompts = []
+    prompts, samples = [], []
     for _ in range(args.train + args.test):
         sample = gen.sample(args.length, rng.uniform(0.1, 0.9), rng)
         q, k, v = capture(model, args.layer, sample.input_ids)
         prompts.append((q, k, v, sample.needle_start, sample.needle_end))
+        samples.append(sample)
     train, test = prompts[: args.train], prompts[args.train:]
     n_text = round(args.train * args.text_share / (1 - args.text_share))
     for _ in range(n_text):  # needle-free rows: their last position has no needle to find
@@ -148,10 +152,17 @@ def main() -> None:
           f"(uniform: {(test[0][4] - test[0][3]) / T:.3f})")
     if args.student:
         fq, fk, gamma_logit = load_student(args.student, args.layer, H, D)
+        if args.own_states:  # the held-out prompts through the linearized model itself
+            from lolcats_core.checkpoint import load_linearized
+
+            linearized = load_linearized(args.student).eval()
+            test = [(*capture(linearized, args.layer, x.input_ids), x.needle_start, x.needle_end)
+                    for x in samples[args.train:]]
         with torch.no_grad():
             student = needle_mass(lambda q, k, rows: student_weights(q, k, rows, scale, fq, fk, gamma_logit,
                                                                      args.window))
-        result["students"]["checkpoint"] = {"path": args.student, "needle_mass": student.tolist()}
+        result["students"]["checkpoint"] = {"path": args.student, "own_states": args.own_states,
+                                            "needle_mass": student.tolist()}
         print(f"{args.student}: needle mass head {best} {student[best]:.3f} (best head {student.max():.3f})")
     for f in map(int, args.dims.split(",")) if not args.student else []:
         fq, fk = Hedgehog(H, D, f), Hedgehog(H, D, f)
