@@ -31,6 +31,8 @@ class DataConfig:
             packed together like other documents.
         passkey_depths: needle depths in [0, 1] drawn from per sample; empty means uniform.
         passkey_digits: digits of the random pass key.
+        passkey_stop: end each passkey answer with a full stop (False: the data of sessions before
+            it existed).
         cache_dir: root under which prepared datasets are stored by fingerprint.
     """
 
@@ -46,6 +48,7 @@ class DataConfig:
     passkey_lengths: list[int] = field(default_factory=list)
     passkey_depths: list[float] = field(default_factory=list)
     passkey_digits: int = 5
+    passkey_stop: bool = True
     cache_dir: str = "~/.cache/lolcats/data"
 
     def __post_init__(self) -> None:

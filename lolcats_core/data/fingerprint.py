@@ -9,7 +9,7 @@ from .assets import ESSAYS_DIR, SHAREGPT_FILE, asset_path
 from .config import DataConfig
 from .errors import DataError
 
-FORMAT_VERSION = 3  # bump when the prepared layout or the preparation logic changes
+FORMAT_VERSION = 4  # bump when the prepared layout or the preparation logic changes
 
 
 def hash_path(path: str | Path) -> str:

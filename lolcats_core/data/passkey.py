@@ -27,6 +27,7 @@ INTRO = (
 NEEDLE = "\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
 QUESTION = "\n\nWhat is the pass key? The pass key is"
 ANSWER = " {key}"
+STOP = "."  # ends a training answer, so the model learns to end the number (scored: the first number)
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,15 @@ class PasskeyGenerator:
         tokenizer: a Hugging Face tokenizer.
         haystack_path: essay file or folder of `*.txt`; None uses the bundled Paul Graham essays.
         digits: number of digits of the pass key.
+        stop: end each answer with a full stop.
     """
 
-    def __init__(self, tokenizer, haystack_path: str | Path | None = None, digits: int = 5) -> None:
+    def __init__(self, tokenizer, haystack_path: str | Path | None = None, digits: int = 5,
+                 stop: bool = True) -> None:
         texts = read_text_files([haystack_path or asset_path(ESSAYS_DIR)])
         self.tokenizer = tokenizer
         self.digits = digits
+        self.answer = ANSWER + (STOP if stop else "")
         self.haystack = np.asarray(self._encode(" ".join(t for _, t in texts)), dtype=np.int32)
         self.intro = tokenizer(INTRO)["input_ids"]  # carries BOS where the tokenizer adds one
         self.question = self._encode(QUESTION)
@@ -99,7 +103,7 @@ class PasskeyGenerator:
         prompt = self.intro + filler[:cut] + needle + filler[cut:] + self.question
         return PasskeySample(
             input_ids=prompt,
-            answer_ids=self._encode(ANSWER.format(key=key)),
+            answer_ids=self._encode(self.answer.format(key=key)),
             key=key,
             depth=depth,
             needle_start=start,
@@ -129,7 +133,7 @@ class PasskeyGenerator:
                     length = remaining
                 remaining = remaining - length or row_len
             depth = rng.choice(depths) if depths else rng.random()
-            answer_len = len(self._encode(ANSWER.format(key=key)))
+            answer_len = len(self._encode(self.answer.format(key=key)))
             sample = self.sample(length - answer_len, depth, rng, key=key)
             ids = np.asarray(sample.input_ids + sample.answer_ids, dtype=np.int32)
             labels = ids.copy()

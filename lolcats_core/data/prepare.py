@@ -151,7 +151,7 @@ def _build(config: DataConfig, tokenizer, progress: bool) -> tuple[dict[str, Dat
 def _streams(source: str, paths: list[Path], config: DataConfig, tokenizer) -> dict[str, Iterator[Document]]:
     """Document iterators per split; sharegpt/text share one shuffled stream (validation first)."""
     if source == "passkey":
-        generator = PasskeyGenerator(tokenizer, paths[0], config.passkey_digits)
+        generator = PasskeyGenerator(tokenizer, paths[0], config.passkey_digits, config.passkey_stop)
         return {
             split: generator.training_documents(
                 config.passkey_lengths or [config.seq_len], config.passkey_depths,

@@ -25,7 +25,7 @@ def test_key_sits_at_the_requested_depth(generator, tokenizer, length, depth):
     assert sample.key not in tokenizer.decode(ids[: sample.needle_start])
     assert sample.key not in tokenizer.decode(ids[sample.needle_end :])
     assert tokenizer.decode(ids).endswith("What is the pass key? The pass key is")
-    assert tokenizer.decode(sample.answer_ids).strip() == sample.key
+    assert tokenizer.decode(sample.answer_ids).strip() == sample.key + "."
     # relative position of the needle inside the haystack (between intro and question)
     haystack = length - (sample.needle_end - sample.needle_start) - len(generator.intro) - len(generator.question)
     position = (sample.needle_start - len(generator.intro)) / haystack
@@ -55,7 +55,7 @@ def test_training_documents_have_the_drawn_length_and_label_only_the_answer(gene
         assert ids.shape == labels.shape and len(ids) in (300, 500)
         lengths.add(len(ids))
         answer = labels[labels != -100]
-        assert tokenizer.decode(answer).strip().isdigit()
+        assert tokenizer.decode(answer).strip().rstrip(".").isdigit()
         assert np.array_equal(answer, ids[-len(answer) :])
     assert lengths == {300, 500}
 
@@ -70,3 +70,11 @@ def test_training_documents_tile_rows_exactly(generator):
         ends.add(total)
     # every row boundary falls between two documents
     assert {1024 * n for n in range(1, total // 1024 + 1)} <= ends
+
+
+def test_answers_end_with_a_full_stop_unless_asked_not_to(tokenizer):
+    rng = random.Random(0)
+    stopped = PasskeyGenerator(tokenizer).sample(300, 0.5, rng)
+    plain = PasskeyGenerator(tokenizer, stop=False).sample(300, 0.5, random.Random(0))
+    assert tokenizer.decode(stopped.answer_ids) == f" {stopped.key}."
+    assert tokenizer.decode(plain.answer_ids) == f" {plain.key}" and plain.key == stopped.key
