@@ -30,6 +30,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 from lolcats_core.data import PasskeyGenerator
 from lolcats_core.feature_maps import Hedgehog
 from lolcats_core.presets import smollm2_dir
+from lolcats_kernels.hybrid_attention.naive import hybrid_attention_weights_naive
 
 
 def capture(model, layer: int, ids: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,20 +65,10 @@ def teacher_weights(q, k, rows, scale):
 
 
 def student_weights(q, k, rows, scale, fq, fk, gamma_logit, window):
-    """Hybrid attention weights of the query rows (DESIGN.md section 1): (H, R, T)."""
-    H, T, _ = q.shape
-    kk = k.repeat_interleave(H // k.shape[0], 0)
-    j = torch.arange(T)[None, None, :]
-    i = rows[None, :, None]
-    in_window = (j <= i) & (j > i - window)
-    s = (scale * q[:, rows] @ kk.transpose(1, 2)).masked_fill(~in_window, float("-inf"))
-    c = s.amax(-1, keepdim=True).clamp_min(0.0)
-    a = torch.sigmoid(gamma_logit)[:, None, None] * torch.exp(s - c)
-    qf = fq(q[None, :, rows])[0]  # (H, R, F)
-    kf = fk(k[None])[0]  # (H, T, F)
-    b = (qf @ kf.transpose(1, 2)).masked_fill(~(j <= i - window), 0.0) * torch.exp(-c)
-    w = a + b
-    return w / w.sum(-1, keepdim=True)
+    """Hybrid attention weights of the query rows (the library's reference formula): (H, R, T)."""
+    qr = q[None, :, rows]
+    return hybrid_attention_weights_naive(qr, k[None], fq(qr), fk(k[None]), torch.sigmoid(gamma_logit), window,
+                                          True, scale, rows=rows)[0]
 
 
 def load_student(path: str, layer: int, H: int, D: int) -> tuple[Hedgehog, Hedgehog, torch.Tensor]:

@@ -11,22 +11,24 @@ every layer is fitted to softmax attention on the linearized model's own hidden 
 
 import argparse
 
-import torch
-import torch.nn.functional as F
-
 from lolcats_core.attention import LolcatsAttention
 from lolcats_core.pipeline import attention_transfer_step, prepare_data
 from lolcats_core.run_config import load_run_config
 
 
-def student_forced_transfer(self, q, k, v):
-    """`LolcatsAttention._attention_transfer` with the student's output flowing on."""
-    with torch.no_grad():
-        teacher = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scaling, enable_gqa=True)
-    with torch.enable_grad():
-        student = self.attend(q.detach(), k.detach(), v.detach())
-        self.transfer_hook(self, student, teacher)
-    return student.detach()
+def student_forced(transfer):
+    """`LolcatsAttention._attention_transfer` returning the student's output (detached), which
+    it hands to the layer's transfer hook, instead of the teacher's."""
+    def forward(self, q, k, v):
+        hook, seen = self.transfer_hook, {}
+        self.transfer_hook = lambda module, student, teacher: (seen.update(student=student),
+                                                                hook(module, student, teacher))
+        try:
+            transfer(self, q, k, v)
+        finally:
+            self.transfer_hook = hook
+        return seen["student"].detach()
+    return forward
 
 
 def main() -> None:
@@ -36,7 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=150, help="steps of one 1024-token row")
     args = ap.parse_args()
     if args.forcing == "student":
-        LolcatsAttention._attention_transfer = student_forced_transfer
+        LolcatsAttention._attention_transfer = student_forced(LolcatsAttention._attention_transfer)
     cfg = load_run_config("configs/smollm2-135m.yaml", "cpu-smoke", [
         f"output_dir={args.out}", f"name=stage1-passkey-{args.forcing}", "data.mix={passkey: 1.0}",
         "data.seq_len=1024", f"data.train_tokens={(args.steps + 50) * 1024}", "data.val_tokens=2048",
