@@ -9,12 +9,21 @@ def _stage_row(name: str, stage: dict) -> str:
     return f"| {name} | {stage['tokens']:,} | {stage['trainable_parameters']:,} | {stage['seconds']} | {rate} |"
 
 
+def _softmax_line(cfg: RunConfig, stage1: dict) -> list[str]:
+    """The layers kept as softmax, and the setting that chose them; none when all are linearized."""
+    kept = stage1.get("softmax_layers") or []
+    if not kept:
+        return []
+    return [f"layers kept as softmax: {', '.join(map(str, kept))} (softmax_layers: {cfg.linearize.softmax_layers})", ""]
+
+
 def format_summary(cfg: RunConfig, data, stage1: dict, stage2: dict, teacher: dict, student: dict) -> str:
     """Markdown summary: teacher vs linearized metrics, tokens, trainable parameters, time."""
     lines = [
         f"## {cfg.name}: {cfg.model} linearized ({cfg.linearize.attention}, window {cfg.linearize.window}, "
         f"{cfg.linearize.feature_map})",
         "",
+        *_softmax_line(cfg, stage1),
         compare_reports(teacher, student, names=("teacher", "linearized")),
         "",
         "| stage | tokens | trainable parameters | wall time (s) | tokens/s |",

@@ -70,3 +70,13 @@ def test_summary_stage_rows_give_the_throughput():
     assert _stage_row("LoRA adjustment", trained) == "| LoRA adjustment | 20,000,000 | 921,600 | 250.0 | 80,000 |"
     skipped = {"tokens": 0, "trainable_parameters": 0, "seconds": 0.0}
     assert _stage_row("attention transfer", skipped).endswith("| 0.0 | - |")
+
+
+def test_summary_names_the_layers_kept_as_softmax():
+    from lolcats_core.run_config import load_run_config
+    from lolcats_core.summary import _softmax_line
+
+    cfg = load_run_config("configs/smollm2-135m.yaml", "gpu-passkey")
+    assert _softmax_line(cfg, {"softmax_layers": [18, 20, 21, 23]}) == [
+        "layers kept as softmax: 18, 20, 21, 23 (softmax_layers: retrieval:4)", ""]
+    assert _softmax_line(cfg, {"softmax_layers": []}) == []
