@@ -201,7 +201,7 @@ def sweep(T: int = 16384) -> None:
     do = torch.randn_like(q)
     scale = D**-0.5
     print(f"sweep T={T}: GPU ms per kernel")
-    for chunk in (64, 32):
+    for chunk, split in ((64, 1), (64, 2), (32, 1)):  # split: dk/dv key tiles of chunk / split keys
         delta = window_blocks(WINDOW, chunk)
         h, z = state_fwd(kf, v, None, HKV, delta, chunk)
         for warps, stages in ((4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3)):
@@ -215,15 +215,16 @@ def sweep(T: int = 16384) -> None:
                 return attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, None,
                                      lambda d: state_bwd(qf, do, cs, inv, d, HKV, delta, chunk),
                                      WINDOW, True, scale, delta, chunk, dq_launch=(warps, stages),
-                                     dkv_launch=(warps, stages))
+                                     dkv_launch=(warps, stages), dkv_split=split)
             try:
                 times = kernel_ms(lambda: (state_fwd(kf, v, None, HKV, delta, chunk), fwd(), bwd()))
             except Exception as err:  # a config over the shared-memory limit
-                print(f"chunk {chunk} warps {warps} stages {stages}: {type(err).__name__}", flush=True)
+                print(f"chunk {chunk} dkv tile {chunk // split} warps {warps} stages {stages}: "
+                      f"{type(err).__name__}", flush=True)
                 continue
             cells = " ".join(f"{name}={ms:.3f}" for name, ms in sorted(times.items()))
-            print(f"chunk {chunk} warps {warps} stages {stages}: total {sum(times.values()):.3f} | {cells}",
-                  flush=True)
+            print(f"chunk {chunk} dkv tile {chunk // split} warps {warps} stages {stages}: "
+                  f"total {sum(times.values()):.3f} | {cells}", flush=True)
 
 
 def plot(path: str, docs: str) -> None:

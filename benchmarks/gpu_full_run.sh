@@ -4,12 +4,15 @@
 #   GPU 0: the gpu-passkey recipe (8192-token rows, the teacher's 4 retrieval layers kept as
 #          softmax, 20M + 20M tokens) with lm-eval, then the teacher's perplexity and passkey
 #          on its data (the teacher's lm-eval does not depend on the data: docs/results.md).
-#   GPU 1: the same recipe with more and longer passkey samples (30%, 4k and 8k tokens), to see
+#   GPU 1: the per-kernel sweep (with dk/dv key tiles of 32 inside 64-token blocks) and the
+#          attention benchmark to 32k with LOLCATS_DKV_SPLIT=1 and 2 (docs/performance.md), then
+#          the same recipe with more and longer passkey samples (30%, 4k and 8k tokens), to see
 #          whether the student can retrieve from the start of an 8k prompt, where the teacher
 #          cannot (docs/results.md: passkey 8192 @ depth 0).
 # Both train on the Triton kernels if their GPU tests pass, else on the PyTorch path.
 # Session 4 ran an earlier version (commit c9055e9): kernel tests and benchmarks, the retrieval-
 # layer rows and hedgehog-swap at 20M.
+# Carry the fla-core wheel (.whl/) with the call that starts it.
 # Usage: bash benchmarks/gpu_full_run.sh DIR   (long: start it with setsid, then poll
 # DIR/progress.txt back to back: the machine is released 30 s after a call returns, and with it
 # everything in DIR. `bash benchmarks/gpu_full_run.sh DIR --collect` packs the finished rows
@@ -21,7 +24,7 @@ collect() {
     [ -d "$OUT/$d" ] && tar -czf "$OUT/$d.tar.gz" -C "$OUT/$d" --exclude='*.safetensors' --exclude='*.arrow' \
       --exclude='trainer' --exclude='data' . 2>/dev/null
   done
-  (cd "$OUT" && tar -czf logs.tar.gz ./*.txt)
+  (cd "$OUT" && tar -czf logs.tar.gz ./*.txt bench-split*/*.json 2>/dev/null)
 }
 [ "${2:-}" = --collect ] && { collect; exit; }
 progress() { echo "$* $(date +%T)" >> "$OUT/progress.txt"; }
@@ -42,7 +45,18 @@ done
 progress "kernel tests done"
 (row passkey 0; CUDA_VISIBLE_DEVICES=0 python3 benchmarks/quality.py teacher --out "$OUT/passkey" \
   --profile gpu-passkey --set 'eval.tasks=[]' > "$OUT/teacher_log.txt" 2>&1; progress "teacher done") &
-row passkey30 1 --set 'data.mix={sharegpt: 0.7, passkey: 0.3}' --set 'data.passkey_lengths=[4096,8192]' &
+(
+  export CUDA_VISIBLE_DEVICES=1
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/attention_gpu.py sweep > "$OUT/sweep.txt" 2>&1
+  for split in 1 2; do
+    mkdir -p "$OUT/bench-split$split"
+    LOLCATS_DKV_SPLIT=$split PYTHONPATH=$PYTHONPATH:/tmp/site timeout 150 python3 benchmarks/attention_gpu.py run \
+      --out "$OUT/bench-split$split" --max-len 32768 > "$OUT/bench_split$split.txt" 2>&1
+  done
+  progress "kernel sweep and benchmarks done"
+  row passkey30 1 --set 'data.mix={sharegpt: 0.7, passkey: 0.3}' --set 'data.passkey_lengths=[4096,8192]'
+) &
 wait
 collect
 progress "all done"

@@ -117,10 +117,11 @@ def _bwd_dq_kernel(
 def _bwd_dkv_kernel(
     q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta, dk, dv, dkf, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
-    D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
+    D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
 ):
-    i_bg, i_t = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
+    i_bg, i_s = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
+    i_t, i_sub = i_s // (BT // BK), i_s % (BT // BK)  # key tile i_sub (BK keys) of block i_t
     i_b, i_g = i_bg // HKV, i_bg % HKV
     RK, RQ = HK // HKV, H // HK
     if IS_VARLEN:  # key block i_c of a sequence of L tokens from bos (NL blocks): local positions
@@ -132,7 +133,7 @@ def _bwd_dkv_kernel(
     else:
         i_c, L, NL = i_t, T, N
 
-    o_j = i_c * BT + tl.arange(0, BT)
+    o_j = i_c * BT + i_sub * BK + tl.arange(0, BK)
     o_d, o_f = tl.arange(0, BD), tl.arange(0, BF)
     m_j, m_d, m_f = o_j < L, o_d < D, o_f < F
     if HAS_VALID:
@@ -141,12 +142,12 @@ def _bwd_dkv_kernel(
     m_kd, m_kf = (o_j < L)[:, None] & m_d[None, :], (o_j < L)[:, None] & m_f[None, :]
     b_k = tl.load(k + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
     b_v = tl.load(v + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
-    b_dk = tl.zeros([BT, BD], dtype=tl.float32)
-    b_dv = tl.zeros([BT, BD], dtype=tl.float32)
+    b_dk = tl.zeros([BK, BD], dtype=tl.float32)
+    b_dv = tl.zeros([BK, BD], dtype=tl.float32)
 
     for rk in range(0, RK):
         i_hk = (i_b * HK + i_g * RK + rk).to(tl.int64)
-        b_dkf = tl.zeros([BT, BF], dtype=tl.float32)
+        b_dkf = tl.zeros([BK, BF], dtype=tl.float32)
         if LINEAR:
             p_kf = i_hk * T * F + o_j[:, None] * F + o_f[None, :]
             b_kf = tl.load(kf + p_kf, mask=m_j[:, None] & m_f[None, :], other=0)
@@ -178,7 +179,7 @@ def _bwd_dkv_kernel(
                 b_dw = (tl.dot(b_v.to(b_do.dtype), tl.trans(b_do)) - b_delta[None, :]) * b_inv[None, :]
                 b_dk += tl.dot((b_dw * b_w).to(b_q.dtype), b_q)
                 if LINEAR:
-                    if (n - i_c) * BT + BT - 1 >= W:  # some of these queries see keys as linear
+                    if (n - i_c) * BT + BT - 1 - i_sub * BK >= W:  # some queries see some keys as linear
                         b_qf = tl.load(qf + i_bh * T * F + o_i[:, None] * F + o_f[None, :],
                                        mask=m_i[:, None] & m_f[None, :], other=0)
                         lin = (diff >= W) & m_j[:, None]
@@ -214,10 +215,21 @@ def dq_launch_for(BD: int, BF: int, element_size: int) -> tuple[int, int]:
     return (4, 1) if element_size == 2 and min(BD, BF) >= 64 else (4, 2)
 
 
+def dkv_split_for(chunk: int) -> int:
+    """Key tiles per block of the dk/dv kernel: 1 (tiles of `chunk` keys) until a GPU sweep
+    shows smaller tiles faster (at block 32 the kernel took half the time of block 64, but the
+    state kernels doubled: docs/performance.md). `LOLCATS_DKV_SPLIT=s` sets it (tiles of
+    chunk / s >= 16 keys)."""
+    split = int(os.environ.get("LOLCATS_DKV_SPLIT", "1"))
+    if split < 1 or chunk % split or chunk // split < 16:
+        raise ValueError(f"LOLCATS_DKV_SPLIT={split}: the block of {chunk} keys must split into tiles of >= 16")
+    return split
+
+
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
                   varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] | None = None,
-                  dkv_launch: tuple[int, int] = (8, 2)):
+                  dkv_launch: tuple[int, int] = (8, 2), dkv_split: int | None = None):
     """Gradients of the hybrid attention.
 
     Args:
@@ -228,6 +240,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
             of `state_bwd` (any tensors when not linear).
         dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels (dq: None
             picks `dq_launch_for`).
+        dkv_split: key tiles per block in the dk/dv kernel (None: `dkv_split_for(chunk)`).
     Returns:
         dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
     """
@@ -253,9 +266,10 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
         dqf if linear else dq, dg, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
         num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
-    _bwd_dkv_kernel[(B * Hkv, N)](
+    split = dkv_split or dkv_split_for(chunk)
+    _bwd_dkv_kernel[(B * Hkv, N * split)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
-        dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+        dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split, **consts,
         num_warps=dkv_launch[0], num_stages=dkv_launch[1],
     )
     return dq, dk, dv, dqf, dkf, dg.sum((0, 2))

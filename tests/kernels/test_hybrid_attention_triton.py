@@ -139,3 +139,31 @@ def test_dq_launch_policy(monkeypatch):
     monkeypatch.setenv("LOLCATS_DQ_LAUNCH", "8")
     with pytest.raises(ValueError, match="warps,stages"):
         dq_launch_for(128, 128, 2)
+
+
+@pytest.mark.parametrize("B,H,Hkv,Hk,T,window,linear,valid", [
+    (2, 2, 2, 2, 77, 5, True, False),  # keys in both tiles of a block, T off the block
+    (1, 8, 2, 4, 150, 40, True, True),  # window past the first tile, Hkv < Hk < H, padding
+    (1, 4, 2, 2, 100, 0, True, False),  # pure linear
+    (1, 4, 2, 4, 90, 20, False, True),  # sliding window only
+    (1, 2, 1, 2, 70, 31, True, False),  # one key of the first tile leaves the window in its own block
+    (1, 2, 1, 2, 70, 15, True, False),  # the same for the second tile
+])
+def test_dkv_key_tiles_match_reference(monkeypatch, B, H, Hkv, Hk, T, window, linear, valid):
+    """The dk/dv kernel on tiles of half a block (LOLCATS_DKV_SPLIT=2) gives the same gradients."""
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
+    inputs, key_valid = make_inputs(B, H, Hkv, Hk, T, 16, 8, torch.float32, valid)
+    outs, refs = run_both(inputs, window, linear, key_valid, chunk=32)
+    check(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+def test_dkv_split_setting_is_checked(monkeypatch):
+    from lolcats_kernels.hybrid_attention.triton_bwd import dkv_split_for
+
+    monkeypatch.delenv("LOLCATS_DKV_SPLIT", raising=False)
+    assert dkv_split_for(64) == 1
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
+    assert dkv_split_for(64) == 2
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "4")
+    with pytest.raises(ValueError, match="tiles of >= 16"):
+        dkv_split_for(32)
