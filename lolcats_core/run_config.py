@@ -68,11 +68,22 @@ class RunConfig:
     source: dict = field(default_factory=dict)  # the resolved YAML, for logging and registry
 
     def resolved_device(self) -> str:
+        """The device to run on ("auto": CUDA when visible, else the CPU).
+
+        Raises:
+            ConfigError: the config asks for CUDA on a machine without a visible GPU (before
+                any data is prepared or weights are loaded).
+        """
         import torch
 
-        if self.device != "auto":
-            return self.device
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(
+                f"{self.name}: device {self.device!r} is set (a GPU profile?) but no CUDA GPU is visible; "
+                "run it on a GPU machine, or choose a CPU profile (cpu-smoke) or --set device=cpu"
+            )
+        return self.device
 
     def torch_dtype(self):
         import torch

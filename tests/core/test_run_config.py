@@ -28,3 +28,19 @@ def test_passkey_profile_is_the_measured_recipe():
         a, b = getattr(passkey, stage), getattr(gpu, stage)
         assert a.batch_size * a.train.grad_accum * 8192 == b.batch_size * b.train.grad_accum * 1024
         assert a.tokens == b.tokens == 20_000_000
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_profile_without_a_gpu_fails_fast(tmp_path, capsys):
+    from lolcats_core.cli import main
+    from lolcats_core.errors import ConfigError
+
+    cfg = load_run_config("configs/smollm2-135m.yaml", "gpu")
+    with pytest.raises(ConfigError, match="no CUDA GPU is visible.*cpu-smoke"):
+        cfg.resolved_device()
+    assert load_run_config("configs/smollm2-135m.yaml", "gpu", ["device=cpu"]).resolved_device() == "cpu"
+    argv = ["linearize", "--config", "configs/smollm2-135m.yaml", "--profile", "gpu",
+            "--set", f"output_dir={tmp_path}", "--set", f"data.cache_dir={tmp_path / 'data'}"]
+    assert main(argv) != 0
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # nothing prepared
