@@ -13,8 +13,9 @@ Near key blocks are rebuilt tile by tile as in the forward; the far (state) part
 forward states h, z (kept from the forward) for dqf and the reverse states dh, dz for dkf, dv
 (`triton_state.py`).
 Two kernels, no atomics: `_bwd_dq_kernel` per query block (dq, dqf, dgamma partials) and
-`_bwd_dkv_kernel` per key block of a K/V head, which loops over the query heads of its GQA
-group (dk, dv summed over the group; dkf over the query heads sharing a feature head).
+`_bwd_dkv_kernel` per key block (or tile of one, `dkv_split_for`) of a K/V head, which loops
+over the query heads of its GQA group (dk, dv summed over the group; dkf over the query heads
+sharing a feature head).
 """
 
 import os
