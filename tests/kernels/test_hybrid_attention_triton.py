@@ -75,6 +75,8 @@ CASES = [  # B, H, Hkv, Hk, T, window, linear, key_valid
     (1, 2, 1, 1, 40, 3, True, False),  # one feature head for two query heads
     (1, 8, 2, 4, 75, 20, True, True),  # Hkv < Hk < H: two feature heads per K/V head, two queries each
     (2, 8, 2, 2, 70, 10, True, True),  # four query heads per feature head, padding
+    (1, 2, 1, 2, 40, 15, True, False),  # window = block - 1 on the CPU: one key per block turns linear in its own block
+    (1, 2, 1, 2, 70, 31, True, False),  # the same for blocks of 32 (fp32 on the GPU)
 ]
 
 
