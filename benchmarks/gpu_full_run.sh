@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
-# One device session on a machine with two GPUs, after the payload of
+# The device session's work, one step after another on GPU 0, after the payload of
 # benchmarks/stage_gpu_payload.sh is unpacked (~/stage) and its wheels installed (~/site).
-#   GPU 0: the gpu-passkey recipe (8192-token rows, the teacher's 4 retrieval layers kept as
-#          softmax, 20M + 20M tokens) with lm-eval, then the teacher's perplexity and passkey
-#          on its data (the teacher's lm-eval does not depend on the data: docs/results.md).
-#   GPU 1: the per-kernel sweep (with dk/dv key tiles of 32 inside 64-token blocks) and the
-#          attention benchmark to 32k with LOLCATS_DKV_SPLIT=1 and 2 (docs/performance.md), then
-#          the same recipe with more and longer passkey samples (30%, 4k and 8k tokens), to see
-#          whether the student can retrieve from the start of an 8k prompt, where the teacher
-#          cannot (docs/results.md: passkey 8192 @ depth 0).
-# Both train on the Triton kernels if their GPU tests pass, else on the PyTorch path.
-# Session 4 ran an earlier version (commit c9055e9): kernel tests and benchmarks, the retrieval-
-# layer rows and hedgehog-swap at 20M.
-# Carry the fla-core wheel (.whl/) with the call that starts it.
-# Usage: bash benchmarks/gpu_full_run.sh DIR   (long: start it with setsid, then poll
+# Steps (any of them, in the order given):
+#   tests      the kernel tests, one process per file; if any fails, the rows that follow train
+#              on the PyTorch path (LOLCATS_KERNELS=torch)
+#   bench      the per-kernel sweep (with dk/dv key tiles of 32 inside 64-token blocks) and the
+#              attention benchmark to 32k with LOLCATS_DKV_SPLIT=1 and 2 (docs/performance.md)
+#   passkey    the gpu-passkey recipe (8192-token rows, the teacher's 4 retrieval layers kept as
+#              softmax, 20M + 20M tokens) with lm-eval, then the teacher's perplexity and passkey
+#              on its data (the teacher's lm-eval does not depend on the data: docs/results.md)
+#   passkey30  the same recipe with more and longer passkey samples (30%, 4k and 8k tokens), to
+#              see whether the student can retrieve from the start of an 8k prompt, where the
+#              teacher cannot (docs/results.md: passkey 8192 @ depth 0)
+# Carry the fla-core wheel (.whl/) with the call that runs `bench`.
+# Usage: bash benchmarks/gpu_full_run.sh DIR STEP...   (long: start it with setsid, then poll
 # DIR/progress.txt back to back: the machine is released 30 s after a call returns, and with it
 # everything in DIR. `bash benchmarks/gpu_full_run.sh DIR --collect` packs the finished rows
 # (no weights, no data) into DIR/{passkey,passkey30}.tar.gz and the logs into DIR/logs.tar.gz.)
 set -uo pipefail
-OUT=$1
+OUT=$1; shift
+export CUDA_VISIBLE_DEVICES=0
 collect() {
   for d in passkey passkey30; do
     [ -d "$OUT/$d" ] && tar -czf "$OUT/$d.tar.gz" -C "$OUT/$d" --exclude='*.safetensors' --exclude='*.arrow' \
@@ -26,27 +27,24 @@ collect() {
   done
   (cd "$OUT" && tar -czf logs.tar.gz ./*.txt bench-split*/*.json 2>/dev/null)
 }
-[ "${2:-}" = --collect ] && { collect; exit; }
+[ "${1:-}" = --collect ] && { collect; exit; }
 progress() { echo "$* $(date +%T)" >> "$OUT/progress.txt"; }
-row() {  # NAME GPU [--set ...]: one lolcats row of the gpu-passkey profile with lm-eval
-  local name=$1 gpu=$2; shift 2
+row() {  # NAME [--set ...]: one lolcats row of the gpu-passkey profile with lm-eval
+  local name=$1; shift
   mkdir -p "$OUT/$name"
-  CUDA_VISIBLE_DEVICES=$gpu python3 benchmarks/quality.py row --row lolcats --out "$OUT/$name" \
-    --profile gpu-passkey "$@" > "$OUT/${name}_log.txt" 2>&1
+  python3 benchmarks/quality.py row --row lolcats --out "$OUT/$name" --profile gpu-passkey "$@" \
+    > "$OUT/${name}_log.txt" 2>&1
   progress "$name row done (rc $?)"
 }
-source benchmarks/gpu_env.sh
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.txt"
-for f in tests/kernels/test_*.py; do  # one process per file: a CUDA fault stays in its file
-  CUDA_VISIBLE_DEVICES=0 timeout 150 python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/kernels "$f" \
-    >> "$OUT/kernel_tests.txt" 2>&1 || touch "$OUT/kernel_tests.failed"
-done
-[ -f "$OUT/kernel_tests.failed" ] && { export LOLCATS_KERNELS=torch; progress "kernel tests failed: PyTorch path"; }
-progress "kernel tests done"
-(row passkey 0; CUDA_VISIBLE_DEVICES=0 python3 benchmarks/quality.py teacher --out "$OUT/passkey" \
-  --profile gpu-passkey --set 'eval.tasks=[]' > "$OUT/teacher_log.txt" 2>&1; progress "teacher done") &
-(
-  export CUDA_VISIBLE_DEVICES=1
+step_tests() {
+  for f in tests/kernels/test_*.py; do  # one process per file: a CUDA fault stays in its file
+    timeout 150 python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/kernels "$f" \
+      >> "$OUT/kernel_tests.txt" 2>&1 || touch "$OUT/kernel_tests.failed"
+  done
+  [ -f "$OUT/kernel_tests.failed" ] && { export LOLCATS_KERNELS=torch; progress "kernel tests failed: PyTorch path"; }
+  progress "kernel tests done"
+}
+step_bench() {
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
   PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/attention_gpu.py sweep > "$OUT/sweep.txt" 2>&1
   for split in 1 2; do
@@ -55,8 +53,18 @@ progress "kernel tests done"
       --out "$OUT/bench-split$split" --max-len 32768 > "$OUT/bench_split$split.txt" 2>&1
   done
   progress "kernel sweep and benchmarks done"
-  row passkey30 1 --set 'data.mix={sharegpt: 0.7, passkey: 0.3}' --set 'data.passkey_lengths=[4096,8192]'
-) &
-wait
+}
+step_passkey() {
+  row passkey
+  python3 benchmarks/quality.py teacher --out "$OUT/passkey" --profile gpu-passkey --set 'eval.tasks=[]' \
+    > "$OUT/teacher_log.txt" 2>&1
+  progress "teacher done (rc $?)"
+}
+step_passkey30() {
+  row passkey30 --set 'data.mix={sharegpt: 0.7, passkey: 0.3}' --set 'data.passkey_lengths=[4096,8192]'
+}
+source benchmarks/gpu_env.sh
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.txt"
+for s in "$@"; do "step_$s"; done
 collect
 progress "all done"
