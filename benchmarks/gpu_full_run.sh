@@ -4,8 +4,8 @@
 # Steps (any of them, in the order given):
 #   tests      the kernel tests, one process per file; if any fails, the rows that follow train
 #              on the PyTorch path (LOLCATS_KERNELS=torch)
-#   bench      the per-kernel sweep (with dk/dv key tiles of 32 inside 64-token blocks) and the
-#              attention benchmark to 32k with LOLCATS_DKV_SPLIT=1 and 2 (docs/performance.md)
+#   bench      the per-kernel sweep and the attention benchmark to 32k with the dk/dv kernel on
+#              whole 64-key blocks (before) and on tiles of 32 keys (after; docs/performance.md)
 #   passkey    the gpu-passkey recipe (8192-token rows, the teacher's 4 retrieval layers kept as
 #              softmax, 20M + 20M tokens) with lm-eval, then the teacher's perplexity and passkey
 #              on its data (the teacher's lm-eval does not depend on the data: docs/results.md)
@@ -25,7 +25,7 @@ collect() {
     [ -d "$OUT/$d" ] && tar -czf "$OUT/$d.tar.gz" -C "$OUT/$d" --exclude='*.safetensors' --exclude='*.arrow' \
       --exclude='trainer' --exclude='data' . 2>/dev/null
   done
-  (cd "$OUT" && tar -czf logs.tar.gz ./*.txt bench-split*/*.json 2>/dev/null)
+  (cd "$OUT" && tar -czf logs.tar.gz ./*.txt bench-*/*.json 2>/dev/null)
 }
 [ "${1:-}" = --collect ] && { collect; exit; }
 progress() { echo "$* $(date +%T)" >> "$OUT/progress.txt"; }
@@ -44,14 +44,16 @@ step_tests() {
   [ -f "$OUT/kernel_tests.failed" ] && { export LOLCATS_KERNELS=torch; progress "kernel tests failed: PyTorch path"; }
   progress "kernel tests done"
 }
-step_bench() {
+step_bench() {  # the per-kernel sweep, then fwd+bwd to 32k with the dk/dv launch before (whole
+  # blocks, 8 warps) and after (tiles of 32 keys, 4 warps) session 5's sweep
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-  PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/attention_gpu.py sweep > "$OUT/sweep.txt" 2>&1
-  for split in 1 2; do
-    mkdir -p "$OUT/bench-split$split"
-    LOLCATS_DKV_SPLIT=$split PYTHONPATH=$PYTHONPATH:/tmp/site timeout 150 python3 benchmarks/attention_gpu.py run \
-      --out "$OUT/bench-split$split" --max-len 32768 > "$OUT/bench_split$split.txt" 2>&1
-  done
+  export PYTHONPATH=$PYTHONPATH:/tmp/site
+  timeout 300 python3 benchmarks/attention_gpu.py sweep > "$OUT/sweep.txt" 2>&1
+  mkdir -p "$OUT/bench-before" "$OUT/bench-after"
+  LOLCATS_DKV_SPLIT=1 LOLCATS_DKV_LAUNCH=8,2 timeout 300 python3 benchmarks/attention_gpu.py run \
+    --out "$OUT/bench-before" --max-len 32768 > "$OUT/bench_before.txt" 2>&1
+  timeout 300 python3 benchmarks/attention_gpu.py run --out "$OUT/bench-after" --max-len 32768 \
+    > "$OUT/bench_after.txt" 2>&1
   progress "kernel sweep and benchmarks done"
 }
 step_passkey() {

@@ -197,6 +197,17 @@ def _bwd_dkv_kernel(
     tl.store(dv + p_kd, b_dv.to(dv.dtype.element_ty), mask=m_kd)
 
 
+def _launch_override(name: str) -> tuple[int, int] | None:
+    """(num_warps, num_stages) from the environment variable `name` ("warps,stages"), if set."""
+    if not (value := os.environ.get(name)):
+        return None
+    try:
+        warps, stages = (int(x) for x in value.split(","))
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected 'warps,stages', e.g. '4,2'") from None
+    return warps, stages
+
+
 def dq_launch_for(BD: int, BF: int, element_size: int) -> tuple[int, int]:
     """(num_warps, num_stages) of the dq kernel for padded head size BD, feature size BF and
     the bytes per element of q.
@@ -207,30 +218,37 @@ def dq_launch_for(BD: int, BF: int, element_size: int) -> tuple[int, int]:
     one of the kernel's masked global loads). Everything else keeps (4, 2), which passes every
     GPU test. `LOLCATS_DQ_LAUNCH="warps,stages"` overrides both.
     """
-    if override := os.environ.get("LOLCATS_DQ_LAUNCH"):
-        try:
-            warps, stages = (int(x) for x in override.split(","))
-        except ValueError:
-            raise ValueError(f"LOLCATS_DQ_LAUNCH={override!r}: expected 'warps,stages', e.g. '4,2'") from None
-        return warps, stages
+    if override := _launch_override("LOLCATS_DQ_LAUNCH"):
+        return override
     return (4, 1) if element_size == 2 and min(BD, BF) >= 64 else (4, 2)
 
 
 def dkv_split_for(chunk: int) -> int:
-    """Key tiles per block of the dk/dv kernel: 1 (tiles of `chunk` keys) until a GPU sweep
-    shows smaller tiles faster (at block 32 the kernel took half the time of block 64, but the
-    state kernels doubled: docs/performance.md). `LOLCATS_DKV_SPLIT=s` sets it (tiles of
-    chunk / s >= 16 keys)."""
-    split = int(os.environ.get("LOLCATS_DKV_SPLIT", "1"))
+    """Key tiles per block of the dk/dv kernel: 2 for blocks of 64 (tiles of 32 keys), else 1.
+
+    On an H200 at 16k tokens the dk/dv kernel takes 0.59 ms on tiles of 32 against 1.12 ms on
+    whole blocks of 64, and fwd+bwd drops 10% (docs/performance.md); blocks of 32 would halve
+    it too but double the state kernels. `LOLCATS_DKV_SPLIT=s` sets it (tiles of chunk / s >= 16).
+    """
+    split = int(os.environ.get("LOLCATS_DKV_SPLIT", "2" if chunk == 64 else "1"))
     if split < 1 or chunk % split or chunk // split < 16:
         raise ValueError(f"LOLCATS_DKV_SPLIT={split}: the block of {chunk} keys must split into tiles of >= 16")
     return split
 
 
+def dkv_launch_for(BK: int) -> tuple[int, int]:
+    """(num_warps, num_stages) of the dk/dv kernel on tiles of BK keys: (4, 2) for tiles of 32
+    keys or fewer (fastest of the H200 sweep there), (8, 2) for larger ones.
+    `LOLCATS_DKV_LAUNCH="warps,stages"` overrides both."""
+    if override := _launch_override("LOLCATS_DKV_LAUNCH"):
+        return override
+    return (4, 2) if BK <= 32 else (8, 2)
+
+
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
                   varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] | None = None,
-                  dkv_launch: tuple[int, int] = (8, 2), dkv_split: int | None = None):
+                  dkv_launch: tuple[int, int] | None = None, dkv_split: int | None = None):
     """Gradients of the hybrid attention.
 
     Args:
@@ -239,8 +257,8 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
             forward.
         reverse_states: callable(delta_rows (B, H, T) fp32) -> (dh, dz), the reverse states
             of `state_bwd` (any tensors when not linear).
-        dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels (dq: None
-            picks `dq_launch_for`).
+        dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels (None picks
+            `dq_launch_for` / `dkv_launch_for`).
         dkv_split: key tiles per block in the dk/dv kernel (None: `dkv_split_for(chunk)`).
     Returns:
         dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
@@ -268,6 +286,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
         num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
     split = dkv_split or dkv_split_for(chunk)
+    dkv_launch = dkv_launch or dkv_launch_for(chunk // split)
     _bwd_dkv_kernel[(B * Hkv, N * split)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
         dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split, **consts,

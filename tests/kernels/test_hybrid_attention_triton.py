@@ -159,13 +159,40 @@ def test_dkv_key_tiles_match_reference(monkeypatch, B, H, Hkv, Hk, T, window, li
     check(outs, refs, 5e-3 if CUDA else 1e-4)
 
 
+@pytest.mark.skipif(not CUDA, reason="blocks of 64 on the GPU; the CPU tests split blocks of 32")
+@pytest.mark.parametrize("T,window", [(300, 64), (200, 63)])
+def test_dkv_whole_blocks_match_reference_gpu(monkeypatch, T, window):
+    """The dk/dv kernel on whole 64-key blocks (LOLCATS_DKV_SPLIT=1, 8 warps), no longer the default."""
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "1")
+    inputs, key_valid = make_inputs(1, 4, 2, 4, T, 64, 32, torch.bfloat16, True)
+    outs, refs = run_both(inputs, window, True, key_valid, chunk=64)
+    check(outs, refs, 2e-2)
+
+
 def test_dkv_split_setting_is_checked(monkeypatch):
     from lolcats_kernels.hybrid_attention.triton_bwd import dkv_split_for
 
     monkeypatch.delenv("LOLCATS_DKV_SPLIT", raising=False)
-    assert dkv_split_for(64) == 1
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
     assert dkv_split_for(64) == 2
+    assert dkv_split_for(32) == 1
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "1")
+    assert dkv_split_for(64) == 1
     monkeypatch.setenv("LOLCATS_DKV_SPLIT", "4")
     with pytest.raises(ValueError, match="tiles of >= 16"):
         dkv_split_for(32)
+
+
+def test_dkv_launch_policy(monkeypatch):
+    """Key tiles of 32 and fewer get 4 warps, whole blocks of 64 keep 8; the environment
+    overrides both."""
+    from lolcats_kernels.hybrid_attention.triton_bwd import dkv_launch_for
+
+    monkeypatch.delenv("LOLCATS_DKV_LAUNCH", raising=False)
+    assert dkv_launch_for(32) == (4, 2)
+    assert dkv_launch_for(16) == (4, 2)
+    assert dkv_launch_for(64) == (8, 2)
+    monkeypatch.setenv("LOLCATS_DKV_LAUNCH", "8,3")
+    assert dkv_launch_for(32) == (8, 3)
+    monkeypatch.setenv("LOLCATS_DKV_LAUNCH", "4;2")
+    with pytest.raises(ValueError, match="LOLCATS_DKV_LAUNCH"):
+        dkv_launch_for(32)
