@@ -12,5 +12,5 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for f in tests/kernels/test_*.py; do  # one process per file: a CUDA fault stays in its file
   timeout 120 python3 -m pytest -q -p no:cacheprovider --confcutdir=tests/kernels "$f" 2>&1 | tee -a "$OUT/pytest_gpu.log" | tail -3
 done
-[ "${SWEEP:-1}" = 1 ] && timeout 240 python3 benchmarks/attention_gpu.py sweep 2>&1 | tee "$OUT/sweep.log"
+[ "${SWEEP:-1}" = 1 ] && timeout 300 python3 benchmarks/attention_gpu.py sweep 2>&1 | tee "$OUT/sweep.log"
 timeout ${BENCH_TIMEOUT:-270} python3 benchmarks/attention_gpu.py run --out "$OUT" --max-len ${MAX_LEN:-131072} 2>&1 | tee "$OUT/bench.log"

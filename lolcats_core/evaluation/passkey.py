@@ -27,6 +27,7 @@ class PasskeyResult:
         correct: [len(depths), len(lengths)] number of exact retrievals per cell.
         trials: prompts per cell.
         predictions: per cell, the generated continuations (for inspection).
+        keys: per cell, the keys asked for, in the order of `predictions`.
     """
 
     lengths: list[int]
@@ -34,6 +35,7 @@ class PasskeyResult:
     correct: np.ndarray
     trials: int
     predictions: dict[tuple[int, float], list[str]]
+    keys: dict[tuple[int, float], list[str]]
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -62,6 +64,7 @@ class PasskeyResult:
             "overall": float(self.accuracy.mean()),
             "table": self.table(),
             "predictions": {f"{n}@{d}": texts for (n, d), texts in self.predictions.items()},
+            "keys": {f"{n}@{d}": keys for (n, d), keys in self.keys.items()},
         }
 
     def heatmap(self, path: str | Path, title: str = "Passkey retrieval accuracy") -> Path:
@@ -99,7 +102,7 @@ def passkey_retrieval(
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     correct = np.zeros((len(depths), len(lengths)), dtype=np.int64)
-    predictions = {}
+    predictions, keys = {}, {}
     cells = [(i, j) for j in range(len(lengths)) for i in range(len(depths))]
     with evaluating(model):
         for i, j in tqdm(cells, desc="passkey", disable=not progress, leave=False):
@@ -120,4 +123,5 @@ def passkey_retrieval(
             found = [_NUMBER.search(t) for t in texts]
             correct[i, j] = sum(m is not None and m.group() == s.key for m, s in zip(found, samples))
             predictions[(lengths[j], depths[i])] = texts
-    return PasskeyResult(list(lengths), list(depths), correct, trials, predictions)
+            keys[(lengths[j], depths[i])] = [s.key for s in samples]
+    return PasskeyResult(list(lengths), list(depths), correct, trials, predictions, keys)

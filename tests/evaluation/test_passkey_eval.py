@@ -39,10 +39,12 @@ def test_random_model_fails_and_oracle_succeeds(tiny_lm, tokenizer, tmp_path):
     assert len(table) == 6 and {(r["length"], r["depth"]) for r in table} == {
         (n, d) for n in (160, 320) for d in (0.0, 0.5, 1.0)
     }
-    # the generated answers are kept for inspection: the oracle's start with the key
-    predictions = oracle.to_dict()["predictions"]
+    # the generated answers are kept for inspection beside the keys asked for
+    predictions, keys = oracle.to_dict()["predictions"], oracle.to_dict()["keys"]
     assert len(predictions) == 6 and all(len(texts) == 2 for texts in predictions.values())
-    assert all(re.match(r" \d{5}", t) for texts in predictions.values() for t in texts)
+    assert keys.keys() == predictions.keys()
+    assert all(t.startswith(f" {k}.") for cell in keys for t, k in zip(predictions[cell], keys[cell], strict=True))
+    assert random_result.to_dict()["keys"] == keys  # the same prompts for every model
     png = oracle.heatmap(tmp_path / "passkey.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
