@@ -228,7 +228,8 @@ def dkv_split_for(chunk: int) -> int:
 
     On an H200 at 16k tokens the dk/dv kernel takes 0.59 ms on tiles of 32 against 1.12 ms on
     whole blocks of 64; with `dkv_launch_for`, fwd+bwd is 21% faster at 8k-32k on an H100
-    (docs/performance.md). Blocks of 32 would halve it too but double the state kernels. `LOLCATS_DKV_SPLIT=s` sets it (tiles of chunk / s >= 16).
+    (docs/performance.md). Blocks of 32 would halve it too but double the state kernels.
+    `LOLCATS_DKV_SPLIT=s` sets it (tiles of chunk / s >= 16).
     """
     split = int(os.environ.get("LOLCATS_DKV_SPLIT", "2" if chunk == 64 else "1"))
     if split < 1 or chunk % split or chunk // split < 16:
