@@ -1,21 +1,32 @@
 """O(T^2) reference of the hybrid attention. Ground truth for every faster path; tests only.
 
-Notation (DESIGN.md section 1). For query position i of head h:
+Notation (DESIGN.md sections 1 and 6). For query position i of head h:
 
-    s_ij = scale * q_i . k_j                              softmax score
-    W(i) = { j : i - w < j <= i }                         sliding window (empty when w == 0)
-    L(i) = { j : j <= i - w }                             linear part (empty when linear=False)
-    c_i  = max(0, max_{j in W(i)} s_ij)                   one shift for both terms
-    y_i  = (gamma_h sum_W e^{s_ij - c_i} v_j + e^{-c_i} sum_L (qf_i . kf_j) v_j)
-         / (gamma_h sum_W e^{s_ij - c_i}     + e^{-c_i} sum_L (qf_i . kf_j))
+    s_ij = scale * q_i . k_j  (+ sink_bias_h for a sink key)       softmax score
+    W(i) = { j : i - w < j <= i }                                  sliding window
+    S(i) = { j <= i - w : j is one of the first `sinks` keys }     attention sinks
+    L(i) = { j <= i - w } minus S(i)                               linear part (if linear)
+    d_ij = exp(G_i - G_j), G_t = sum_{u <= t} log g_u              decay (1 without a gate)
+    l_ij = (qf_i . kf_j) d_ij                                      linear weight
+    c_i  = max(max_{j in W(i) u S(i)} s_ij, log sum_{L(i)} l_ij)   one shift for both terms
+    y_i  = (gamma_h sum_{W u S} e^{s_ij - c_i} v_j + e^{-c_i} sum_L l_ij v_j)
+         / (gamma_h sum_{W u S} e^{s_ij - c_i}     + e^{-c_i} sum_L l_ij)
 
-Because the same e^{-c_i} multiplies numerator and denominator this equals the unshifted
-formula exactly; the shift only keeps every exponential <= 1. Keys marked invalid
-(`key_valid`, e.g. left padding) take part in neither term; a query with no valid key at all
-(a padding position) gets y_i = 0.
+The same e^{-c_i} multiplies numerator and denominator, so the output equals the unshifted
+formula exactly; the shift keeps every exponential and the linear sum <= 1 and makes the
+largest term exactly 1 (gamma for a softmax key), so the denominator never underflows, however
+negative the scores (Qwen2's heads put scores of -100 and below on every recent key). A
+feature map with non-negative features (all registered ones) keeps l_ij >= 0.
 
-Heads: q and qf have H heads; k and v have Hkv heads and kf has Hk heads, where Hkv and Hk
-divide H. Query head h reads k, v from head h // (H // Hkv) and kf from h // (H // Hk).
+Keys marked invalid (`key_valid`, e.g. left padding) take part in no term and do not count
+towards the sinks: the sinks are the first `sinks` valid keys of each row. A query with no
+valid key at all (a padding position) gets y_i = 0. The gate decays the linear state: a key
+leaving the window enters the state with the decay it has accumulated since it was written,
+so with log_gate the linear part is the decayed linear attention over the old keys.
+
+Heads: q and qf have H heads; k and v have Hkv heads, kf and log_gate have Hk heads, where Hkv
+and Hk divide H. Query head h reads k, v from head h // (H // Hkv) and kf, log_gate from
+h // (H // Hk).
 """
 
 import torch
@@ -27,7 +38,30 @@ def expand_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     return x if reps == 1 else x.repeat_interleave(reps, dim=1)
 
 
-def _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows):
+def sink_keys(key_valid: torch.Tensor, sinks: int) -> torch.Tensor:
+    """(B, T) bool: the first `sinks` valid keys of each row."""
+    return key_valid & (key_valid.long().cumsum(-1) <= sinks)
+
+
+# The linear factor e^{-c} is capped at e^MAX_SHIFT: exact whenever the unshifted linear sum is
+# at least e^-MAX_SHIFT (c >= log of it), and finite where the sum is denormal.
+MAX_SHIFT = 60.0
+
+
+def stabiliser(m: torch.Tensor, lin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shift c = max(m, log lin) and the linear term's factor e^{-c}, both detached.
+
+    m: the softmax scores' max (-inf where no softmax key); lin: the unshifted linear sum >= 0
+    (0 where no linear key), same shape. c is 0 where both are empty, so that exponentials stay
+    defined; the factor is 0 where the linear sum is.
+    """
+    m, lin = m.detach(), lin.detach()
+    c = torch.maximum(m, torch.log(lin))
+    c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
+    return c, torch.where(lin > 0, torch.exp((-c).clamp_max(MAX_SHIFT)), torch.zeros_like(c))
+
+
+def _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows, sinks, sink_bias, log_gate):
     """Unnormalised weights (B, H, R, T) and their row sums (B, H, R, 1), fp32."""
     B, H, R, D = q.shape
     T = k.shape[2]
@@ -35,18 +69,24 @@ def _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows):
     kk, kkf = (expand_heads(x.float(), H) for x in (k, kf))
     i = (torch.arange(T, device=q.device) if rows is None else rows.to(q.device))[:, None]
     j = torch.arange(T, device=q.device)[None, :]
-    in_window = (j <= i) & (j > i - window)
-    in_linear = (j <= i - window) if linear else torch.zeros_like(in_window)
-    valid = torch.ones(B, 1, 1, T, dtype=torch.bool, device=q.device)
-    if key_valid is not None:
-        valid = key_valid[:, None, None, :].bool()
-    in_window, in_linear = in_window & valid, in_linear & valid
+    valid = torch.ones(B, T, dtype=torch.bool, device=q.device) if key_valid is None else key_valid.bool()
+    sink = sink_keys(valid, sinks)[:, None, None, :]
+    valid = valid[:, None, None, :]
+    in_window = (j <= i) & (j > i - window) & valid
+    in_softmax = in_window | (sink & (j <= i))
+    in_linear = (j <= i) & ~in_softmax & valid if linear else torch.zeros_like(in_window)
 
-    s = (scale * q.float() @ kk.transpose(-1, -2)).masked_fill(~in_window, float("-inf"))
-    c = s.detach().amax(-1, keepdim=True).clamp_min(0.0)  # the result does not depend on c
-    a = gamma.float()[None, :, None, None] * torch.exp(s - c)
-    b = (qf.float() @ kkf.transpose(-1, -2)).masked_fill(~in_linear, 0.0) * torch.exp(-c)
-    weights = a + b
+    s = scale * q.float() @ kk.transpose(-1, -2)
+    if sink_bias is not None:
+        s = s + sink * sink_bias.float()[None, :, None, None]
+    s = s.masked_fill(~in_softmax, float("-inf"))
+    lin = (qf.float() @ kkf.transpose(-1, -2)).masked_fill(~in_linear, 0.0)
+    if log_gate is not None:
+        G = expand_heads(log_gate.float(), H).cumsum(-1)  # (B, H, T)
+        Gi = G if rows is None else G[:, :, rows.to(q.device)]
+        lin = lin * torch.exp((Gi[..., :, None] - G[..., None, :]).clamp_max(0.0))
+    c, e = stabiliser(s.amax(-1, keepdim=True), lin.sum(-1, keepdim=True))
+    weights = gamma.float()[None, :, None, None] * torch.exp(s - c) + lin * e
     return weights, weights.sum(-1, keepdim=True)
 
 
@@ -61,6 +101,10 @@ def hybrid_attention_weights_naive(
     scale: float | None = None,
     key_valid: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
+    *,
+    sinks: int = 0,
+    sink_bias: torch.Tensor | None = None,
+    log_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The hybrid attention's weights over the keys, in fp32 (each row sums to 1, or is all zero
     for a query with no valid key).
@@ -68,12 +112,14 @@ def hybrid_attention_weights_naive(
     Args:
         q: (B, H, R, D) queries after RoPE at positions `rows`; qf: (B, H, R, F) their features.
         k: (B, Hkv, T, D) keys after RoPE; kf: (B, Hk, T, F) their features.
-        gamma, window, linear, scale, key_valid: as `hybrid_attention_naive`.
+        gamma, window, linear, scale, key_valid, sinks, sink_bias, log_gate: as
+            `hybrid_attention_naive`.
         rows: (R,) query positions, default 0..T-1 (R = T).
     Returns:
         (B, H, R, T) fp32.
     """
-    weights, den = _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows)
+    weights, den = _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows, sinks,
+                           sink_bias, log_gate)
     return weights / torch.where(den > 0, den, 1.0)
 
 
@@ -88,6 +134,10 @@ def hybrid_attention_naive(
     linear: bool = True,
     scale: float | None = None,
     key_valid: torch.Tensor | None = None,
+    *,
+    sinks: int = 0,
+    sink_bias: torch.Tensor | None = None,
+    log_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hybrid attention by materialising the full T x T weight matrix, in fp32.
 
@@ -95,15 +145,19 @@ def hybrid_attention_naive(
         q: (B, H, T, D) queries after RoPE.
         k, v: (B, Hkv, T, D) keys (after RoPE) and values.
         qf: (B, H, T, F) query features phi_q(q).
-        kf: (B, Hk, T, F) key features phi_k(k).
+        kf: (B, Hk, T, F) key features phi_k(k), non-negative.
         gamma: (H,) softmax-term weight per head, in (0, 1).
         window: w >= 0, tokens in the sliding window (0: pure linear attention).
         linear: include the linear term over tokens older than the window.
         scale: softmax temperature, default D ** -0.5.
         key_valid: (B, T) bool, False for keys to ignore (padding).
+        sinks: the first `sinks` valid keys stay in the softmax term for every query.
+        sink_bias: (H,) logit added to the sink keys' scores, or None.
+        log_gate: (B, Hk, T) log of the linear state's decay g_t in (0, 1], or None (no decay).
     Returns:
         (B, H, T, D) in the dtype of q.
     """
-    weights, den = _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, None)
+    weights, den = _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, None, sinks,
+                           sink_bias, log_gate)
     y = (weights @ expand_heads(v.float(), q.shape[1])) / torch.where(den > 0, den, 1.0)
     return y.to(q.dtype)

@@ -50,6 +50,72 @@ def test_chunked_matches_naive_outputs_and_grads(shape, dtype):
         torch.testing.assert_close(g.float() / scale, g_ref.float() / scale, **tol)
 
 
+# (B, H, Hkv, Hk, T, D, F, window, linear, sinks, sink_bias, gate)
+SINK_GATE_SHAPES = [
+    (2, 4, 2, 4, 100, 16, 8, 16, True, 4, True, True),  # GQA, sinks with logits, gate
+    (1, 6, 2, 2, 130, 8, 12, 64, True, 1, False, True),  # shared key maps, window = chunk
+    (2, 3, 3, 3, 50, 8, 8, 0, True, 4, False, True),  # gated linear attention + sinks, no window
+    (1, 2, 1, 2, 70, 8, 8, 5, False, 4, True, False),  # window + sinks (training-free row)
+    (1, 2, 1, 1, 37, 8, 8, 128, True, 4, False, True),  # window > T
+    (2, 4, 4, 4, 65, 16, 16, 15, True, 0, False, True),  # gate alone, window one short of a chunk
+    (1, 4, 2, 4, 70, 8, 8, 17, True, 4, False, False),  # sinks alone, window one over a chunk
+]
+
+
+@pytest.mark.parametrize("shape", SINK_GATE_SHAPES,
+                         ids=lambda s: "B{}H{}kv{}k{}T{}D{}F{}w{}lin{}s{}b{}g{}".format(*s))
+def test_chunked_matches_naive_with_sinks_and_gate(shape):
+    *dims, window, linear, sinks, bias, gate = shape
+    B, H, Hkv, Hk, T = dims[:5]
+    args = _inputs(*dims, dtype=torch.float32)
+    g = torch.Generator().manual_seed(1)
+    extra = dict(sinks=sinks)
+    extra["sink_bias"] = torch.randn(H, generator=g).requires_grad_() if bias else None
+    extra["log_gate"] = (-0.3 * torch.rand(B, Hk, T, generator=g)).requires_grad_() if gate else None
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[0, :5] = False  # left padding: the sinks are the first valid keys
+    leaves = [*args] + [x for x in (extra["sink_bias"], extra["log_gate"]) if x is not None]
+    y_ref = hybrid_attention_naive(*args, window, linear, key_valid=valid, **extra)
+    grads_ref = torch.autograd.grad(y_ref.square().sum(), leaves, allow_unused=True)
+    y = hybrid_attention_chunked(*args, window, linear, key_valid=valid, chunk_size=16, **extra)
+    grads = torch.autograd.grad(y.square().sum(), leaves, allow_unused=True)
+    torch.testing.assert_close(y, y_ref, atol=3e-4, rtol=1e-3)
+    for gr, gr_ref in zip(grads, grads_ref):
+        if gr is None or gr_ref is None:
+            assert all(x is None or not x.any() for x in (gr, gr_ref))
+            continue
+        scale = gr_ref.abs().max().clamp_min(1.0)
+        torch.testing.assert_close(gr / scale, gr_ref / scale, atol=3e-4, rtol=1e-3)
+
+
+def test_sinks_are_exact_softmax_keys():
+    """window + sinks without the linear term is softmax over the window and the first keys."""
+    q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(1, 2, 1, 2, 40, 8, 8, torch.float32))
+    y = hybrid_attention_chunked(q, k, v, qf, kf, gamma, 6, linear=False, sinks=3, chunk_size=8)
+    i, j = torch.arange(40)[:, None], torch.arange(40)[None, :]
+    mask = (j <= i) & ((j > i - 6) | (j < 3))
+    ref = F.scaled_dot_product_attention(q, k.expand(1, 2, 40, 8), v.expand(1, 2, 40, 8), attn_mask=mask)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("offset", [16.0, 30.0], ids=["scores-90", "scores-318"])
+@pytest.mark.parametrize("impl", [hybrid_attention_naive, hybrid_attention_chunked])
+def test_very_negative_scores_keep_the_window_and_finite_gradients(impl, offset):
+    """Every key scoring far below 0 (Qwen2.5 has heads at -120 and -250) made the old shift
+    max(0, max score) underflow the denominator: around -90 the division's backward gave NaN
+    gradients, around -300 the window's output was 0. The shift now follows the scores."""
+    q, k, v, qf, kf, gamma = _inputs(1, 2, 1, 2, 48, 8, 8, torch.float32)
+    u = torch.full((8,), 8**-0.5)
+    q2 = (q.detach() + offset * u).requires_grad_()
+    k2 = (0.1 * k.detach() - offset * u).requires_grad_()
+    assert (q2 @ k2.transpose(-1, -2)).max() * 8**-0.5 < -offset**2 / 3.2  # the regime under test
+    y = impl(q2, k2, v, qf, kf, gamma, window=8)
+    grads = torch.autograd.grad(y.square().sum(), (q2, k2, v, qf, kf, gamma))
+    assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
+    window_only = impl(q2, k2, v, qf, kf, gamma, window=8, linear=False)
+    torch.testing.assert_close(y[:, :, :8], window_only[:, :, :8])  # no linear keys yet: pure window
+
+
 @pytest.mark.parametrize("impl", [hybrid_attention_naive, hybrid_attention_chunked])
 def test_window_covering_the_sequence_is_softmax_attention(impl):
     q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(2, 4, 2, 4, 48, 16, 8, torch.float32))
