@@ -108,7 +108,7 @@ def test_very_negative_scores_keep_the_window_and_finite_gradients(impl, offset)
     u = torch.full((8,), 8**-0.5)
     q2 = (q.detach() + offset * u).requires_grad_()
     k2 = (0.1 * k.detach() - offset * u).requires_grad_()
-    assert (q2 @ k2.transpose(-1, -2)).max() * 8**-0.5 < -offset**2 / 3.2  # the regime under test
+    assert (q2 @ k2.transpose(-1, -2)).max() * 8**-0.5 < -offset**2 / 4  # the regime under test
     y = impl(q2, k2, v, qf, kf, gamma, window=8)
     grads = torch.autograd.grad(y.square().sum(), (q2, k2, v, qf, kf, gamma))
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in grads)
