@@ -159,3 +159,42 @@ def test_decode_steps_match_parallel(window, linear, Hk):
         outs.append(hybrid_decode_step_naive(q[:, :, t], k[:, :, t], v[:, :, t], qf[:, :, t], fold, gamma,
                                              win_k, win_v, win_valid, S, z, t, valid[:, t], linear))
     torch.testing.assert_close(torch.stack(outs, 2), ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window,linear,Hk,sinks,bias,gate", [
+    (8, True, 4, 4, True, True), (8, True, 2, 1, False, True), (0, True, 4, 4, False, True),
+    (5, False, 2, 4, True, False), (8, True, 4, 0, False, True), (8, True, 2, 3, False, False)])
+def test_decode_steps_match_parallel_with_sinks_and_gate(window, linear, Hk, sinks, bias, gate):
+    """Step-by-step decoding with sinks and a gate equals the parallel form, left padding
+    included (the sinks of a padded row are its first real tokens)."""
+    from lolcats_kernels.hybrid_decode.naive import SinkState
+
+    B, H, Hkv, T, D, Fd = 2, 4, 2, 30, 8, 6
+    q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(B, H, Hkv, Hk, T, D, Fd, torch.float32))
+    g = torch.Generator().manual_seed(3)
+    sink_bias = torch.randn(H, generator=g) if bias else None
+    log_gate = -0.2 * torch.rand(B, Hk, T, generator=g) if gate else None
+    valid = torch.ones(B, T, dtype=torch.bool)
+    valid[1, :4] = False
+    ref = hybrid_attention_naive(q, k, v, qf, kf, gamma, window, linear, key_valid=valid, sinks=sinks,
+                                 sink_bias=sink_bias, log_gate=log_gate)
+    w = window
+    win_k = torch.zeros(B, Hkv, w, D)
+    win_v, win_valid = torch.zeros_like(win_k), torch.zeros(B, w, dtype=torch.bool)
+    S, z = torch.zeros(B, Hk, Fd, D), torch.zeros(B, Hk, Fd)
+    sk = SinkState(torch.zeros(B, w, dtype=torch.bool), torch.zeros(B, Hkv, sinks, D), torch.zeros(B, Hkv, sinks, D),
+                   torch.zeros(B, sinks, dtype=torch.bool), torch.zeros(B, dtype=torch.long)) if sinks else None
+    win_decay = torch.zeros(B, Hk, w) if gate else None
+    outs = []
+    for t in range(T):
+        if w:
+            fold = kf[:, :, t - w] * (win_valid[:, t % w] if t >= w else torch.zeros(B, dtype=torch.bool))[:, None, None]
+        else:
+            fold = kf[:, :, t] * valid[:, t, None, None]
+        outs.append(hybrid_decode_step_naive(
+            q[:, :, t], k[:, :, t], v[:, :, t], qf[:, :, t], fold, gamma, win_k, win_v, win_valid, S, z, t,
+            valid[:, t], linear, sink_state=sk, sink_bias=sink_bias,
+            log_gate=None if log_gate is None else log_gate[:, :, t], win_decay=win_decay))
+    y = torch.stack(outs, 2)
+    torch.testing.assert_close(y[0], ref[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(y[1, :, 4:], ref[1, :, 4:], atol=1e-5, rtol=1e-5)  # padding rows differ
