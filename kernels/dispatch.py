@@ -15,7 +15,7 @@ import warnings
 import torch
 
 from .hybrid_attention.chunked import hybrid_attention_chunked
-from .hybrid_decode.naive import hybrid_decode_step_naive
+from .hybrid_decode.naive import SinkState, hybrid_decode_step_naive
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _MAX_DIM = 256
@@ -76,6 +76,13 @@ def _attention_reason(q, k, v, qf, kf) -> str | None:
     return reason
 
 
+def _extras_reason(sinks: int, log_gate) -> str | None:
+    """Why the kernels cannot take the attention sinks or the gate (None if neither is used)."""
+    if sinks or log_gate is not None:
+        return "attention sinks and gated states are not in the Triton kernels yet"
+    return None
+
+
 def hybrid_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -87,18 +94,24 @@ def hybrid_attention(
     linear: bool = True,
     scale: float | None = None,
     key_valid: torch.Tensor | None = None,
+    *,
+    sinks: int = 0,
+    sink_bias: torch.Tensor | None = None,
+    log_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hybrid attention (training and prefill); arguments and result as
     `hybrid_attention_naive`: q (B, H, T, D), k, v (B, Hkv, T, D), qf (B, H, T, F),
-    kf (B, Hk, T, F), gamma (H,), key_valid (B, T) bool or None -> (B, H, T, D)."""
+    kf (B, Hk, T, F), gamma (H,), key_valid (B, T) bool or None, sink_bias (H,) or None,
+    log_gate (B, Hk, T) or None -> (B, H, T, D)."""
     if _wants_triton(q):
-        reason = _attention_reason(q, k, v, qf, kf)
+        reason = _attention_reason(q, k, v, qf, kf) or _extras_reason(sinks, log_gate)
         if reason is None:
             from .hybrid_attention.triton_function import hybrid_attention_triton
 
             return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale, key_valid)
         _warn_once(reason)
-    return hybrid_attention_chunked(q, k, v, qf, kf, gamma, window, linear, scale, key_valid)
+    return hybrid_attention_chunked(q, k, v, qf, kf, gamma, window, linear, scale, key_valid,
+                                    sinks=sinks, sink_bias=sink_bias, log_gate=log_gate)
 
 
 def hybrid_decode_step(
@@ -117,12 +130,18 @@ def hybrid_decode_step(
     valid: torch.Tensor,
     linear: bool = True,
     scale: float | None = None,
+    *,
+    sink_state: SinkState | None = None,
+    sink_bias: torch.Tensor | None = None,
+    log_gate: torch.Tensor | None = None,
+    win_decay: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One decoding step, updating (win_k, win_v, win_valid, S, z) in place; arguments and
     result as `hybrid_decode_step_naive`. On the kernel path `pos` may be a one-element device
     tensor, which keeps the step free of host syncs (CUDA graphs)."""
+    extras = dict(sink_state=sink_state, sink_bias=sink_bias, log_gate=log_gate, win_decay=win_decay)
     if _wants_triton(q):
-        reason = _common_reason(q, k, kf_fold, {"q, k, v, window": (q, k, v, win_k, win_v),
+        reason = _extras_reason(0 if sink_state is None else sink_state.sinks, log_gate) or _common_reason(q, k, kf_fold, {"q, k, v, window": (q, k, v, win_k, win_v),
                                                 "qf, kf_fold": (qf, kf_fold)})
         if reason is None and (S.dtype != torch.float32 or z.dtype != torch.float32):
             reason = "decode state S, z must be fp32"
@@ -141,4 +160,4 @@ def hybrid_decode_step(
     if torch.is_tensor(pos):
         pos = int(pos)
     return hybrid_decode_step_naive(q, k, v, qf, kf_fold, gamma, win_k, win_v, win_valid, S, z,
-                                    pos, valid, linear, scale)
+                                    pos, valid, linear, scale, **extras)

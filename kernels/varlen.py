@@ -11,7 +11,7 @@ sequence sees only its own keys — and differentiable.
 
 import torch
 
-from .dispatch import _attention_reason, _wants_triton, _warn_once
+from .dispatch import _attention_reason, _extras_reason, _wants_triton, _warn_once
 from .hybrid_attention.chunked import hybrid_attention_chunked
 
 
@@ -23,7 +23,7 @@ def _pad(x: torch.Tensor, index: torch.Tensor, num: int, max_len: int) -> torch.
     return out.view(num, max_len, Hx, E).transpose(1, 2)
 
 
-def _padded(q, k, v, qf, kf, gamma, window, cu_seqlens, linear, scale) -> torch.Tensor:
+def _padded(q, k, v, qf, kf, gamma, window, cu_seqlens, linear, scale, sinks, sink_bias, log_gate) -> torch.Tensor:
     """The PyTorch path: through a right-padded batch of the sequences."""
     lengths = cu_seqlens.diff().tolist()
     num, max_len, total = len(lengths), max(lengths, default=0), q.shape[2]
@@ -36,7 +36,10 @@ def _padded(q, k, v, qf, kf, gamma, window, cu_seqlens, linear, scale) -> torch.
     key_valid = torch.zeros(num * max_len, dtype=torch.bool, device=dev)
     key_valid[index] = True
     padded = [_pad(x, index, num, max_len) for x in (q, k, v, qf, kf)]
-    y = hybrid_attention_chunked(*padded, gamma, window, linear, scale, key_valid.view(num, max_len))
+    if log_gate is not None:
+        log_gate = _pad(log_gate[..., None], index, num, max_len)[..., 0]
+    y = hybrid_attention_chunked(*padded, gamma, window, linear, scale, key_valid.view(num, max_len),
+                                 sinks=sinks, sink_bias=sink_bias, log_gate=log_gate)
     y = y.transpose(1, 2).reshape(num * max_len, q.shape[1], q.shape[3])[index]
     return y.transpose(0, 1).unsqueeze(0)
 
@@ -52,23 +55,29 @@ def hybrid_attention_varlen(
     cu_seqlens: torch.Tensor,
     linear: bool = True,
     scale: float | None = None,
+    *,
+    sinks: int = 0,
+    sink_bias: torch.Tensor | None = None,
+    log_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Hybrid attention of packed sequences, each attending only to itself.
+    """Hybrid attention of packed sequences, each attending only to itself (and to its own
+    first `sinks` tokens).
 
     Args:
         q: (1, H, Ttot, D), k, v: (1, Hkv, Ttot, D), qf: (1, H, Ttot, F), kf: (1, Hk, Ttot, F):
             the sequences concatenated along time.
-        gamma, window, linear, scale: as `hybrid_attention_naive`.
+        gamma, window, linear, scale, sinks, sink_bias: as `hybrid_attention_naive`.
+        log_gate: (1, Hk, Ttot) or None, each sequence's decay starting afresh.
         cu_seqlens: (S + 1,) int, cumulative lengths starting at 0 and ending at Ttot.
     Returns:
         (1, H, Ttot, D) in q's dtype.
     """
     if _wants_triton(q):
-        reason = _attention_reason(q, k, v, qf, kf)
+        reason = _attention_reason(q, k, v, qf, kf) or _extras_reason(sinks, log_gate)
         if reason is None:
             from .hybrid_attention.triton_function import hybrid_attention_triton
 
             return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale,
                                            cu_seqlens=cu_seqlens.to(q.device))
         _warn_once(reason)
-    return _padded(q, k, v, qf, kf, gamma, window, cu_seqlens, linear, scale)
+    return _padded(q, k, v, qf, kf, gamma, window, cu_seqlens, linear, scale, sinks, sink_bias, log_gate)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from lolcats_kernels import hybrid_attention, hybrid_decode_step
+from lolcats_kernels.hybrid_attention.naive import sink_keys
 
 from .cache import HybridCacheLayer, hybrid_cache_layer
 from .config import LinearizeConfig
@@ -34,12 +35,21 @@ def key_validity(attention_mask: torch.Tensor | None, length: int) -> torch.Tens
     return None if bool(valid.all()) else valid
 
 
+# Both gates are log g = logsigmoid(x) / GATE_SCALE (the normaliser Liger uses), which keeps
+# g close to 1 for moderate x; the scalar gate's bias starts at SCALAR_GATE_BIAS, g = 0.99998,
+# so that an untrained scalar gate is almost no decay (the plain LoLCATs layer).
+GATE_SCALE = 16.0
+SCALAR_GATE_BIAS = 8.0
+
+
 class LolcatsAttention(nn.Module):
-    """Hybrid sliding-window softmax + linear attention (DESIGN.md section 1).
+    """Hybrid sliding-window softmax + linear attention (DESIGN.md sections 1 and 6).
 
     Reuses the q/k/v/o projections of the softmax attention it replaces (same parameter
     names, so state dicts and LoRA targets are unchanged) and adds the feature maps
-    `feature_map_q`, `feature_map_k` and the per-head gate `window_gate` (gamma = sigmoid).
+    `feature_map_q`, `feature_map_k`, the per-head weight `window_gate` (gamma = sigmoid), and
+    with the options: `sink_logit` (H,) added to the sink tokens' scores, and `state_gate`, the
+    scalar gate's projection of the layer input (hidden -> one logit per key-feature head).
     """
 
     def __init__(self, softmax_attn: nn.Module, model_config, lin: LinearizeConfig, layer_idx: int):
@@ -58,7 +68,23 @@ class LolcatsAttention(nn.Module):
             self.feature_map_k = build_feature_map(lin.feature_map, key_heads, self.head_dim, lin.feature_dim)
             logit = math.log(lin.gamma_init / (1 - lin.gamma_init))
             self.window_gate = nn.Parameter(torch.full((self.num_heads,), logit))
+            self.sinks, self.gate_kind = lin.sinks, lin.gate
+            self.sink_logit = nn.Parameter(torch.zeros(self.num_heads)) if lin.sink_logits else None
+            self.state_gate = None
+            if lin.gate == "scalar":
+                self.state_gate = nn.Linear(model_config.hidden_size, key_heads)
+                nn.init.zeros_(self.state_gate.weight)
+                nn.init.constant_(self.state_gate.bias, SCALAR_GATE_BIAS)
         self.transfer_hook: TransferHook | None = None
+
+    def transfer_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by attention transfer: feature maps, gamma, sink logits, gate."""
+        params = [*self.feature_map_q.parameters(), *self.feature_map_k.parameters(), self.window_gate]
+        if self.sink_logit is not None:
+            params.append(self.sink_logit)
+        if self.state_gate is not None:
+            params += list(self.state_gate.parameters())
+        return params
 
     @property
     def key_heads(self) -> int:
@@ -81,70 +107,106 @@ class LolcatsAttention(nn.Module):
         q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
+        log_gate = self.log_gate(hidden_states, k)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         valid = key_validity(attention_mask, T)
 
         if self.transfer_hook is not None:
-            y = self._attention_transfer(q, k, v)
+            y = self._attention_transfer(q, k, v, log_gate)
         elif past_key_values is not None:
-            y = self._cached(q, k, v, valid, hybrid_cache_layer(past_key_values, self.layer_idx))
+            y = self._cached(q, k, v, valid, log_gate, hybrid_cache_layer(past_key_values, self.layer_idx))
         else:
-            y = self.attend(q, k, v, valid)
+            y = self.attend(q, k, v, valid, log_gate)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1)), None
 
     def gamma(self) -> torch.Tensor:
         """(H,) softmax-term weight per head."""
         return torch.sigmoid(self.window_gate)
 
-    def attend(self, q, k, v, key_valid=None) -> torch.Tensor:
-        """Parallel hybrid attention: q (B, H, T, D), k/v (B, Hkv, T, D) -> (B, H, T, D)."""
+    def log_gate(self, hidden_states: torch.Tensor, k: torch.Tensor) -> torch.Tensor | None:
+        """(B, Hk, T) fp32 log-decay of the linear state per key-feature head and token, or None.
+
+        hidden_states: (B, T, hidden) layer input; k: (B, Hkv, T, D) keys before RoPE.
+        `liger` pools each KV head's key to one logit (its mean over D); `scalar` projects the
+        layer input. Both give log g = logsigmoid(logit) / GATE_SCALE.
+        """
+        if self.gate_kind == "none":
+            return None
+        if self.gate_kind == "liger":
+            logit = k.float().mean(-1).repeat_interleave(self.key_heads // self.num_kv_heads, dim=1)
+        else:
+            logit = self.state_gate(hidden_states).float().transpose(1, 2)
+        return F.logsigmoid(logit) / GATE_SCALE
+
+    def attend(self, q, k, v, key_valid=None, log_gate=None) -> torch.Tensor:
+        """Parallel hybrid attention: q (B, H, T, D), k/v (B, Hkv, T, D), log_gate (B, Hk, T)
+        or None -> (B, H, T, D)."""
         qf, kf = self.feature_map_q(q), self.feature_map_k(k)
         return hybrid_attention(q, k, v, qf, kf, self.gamma(), self.window, self.linear,
-                                self.scaling, key_valid)
+                                self.scaling, key_valid, sinks=self.sinks, sink_bias=self.sink_logit,
+                                log_gate=log_gate)
 
-    def _attention_transfer(self, q, k, v) -> torch.Tensor:
+    def _attention_transfer(self, q, k, v, log_gate) -> torch.Tensor:
         """Stage 1: hand student and teacher outputs to the hook; the teacher's flows on."""
         with torch.no_grad():
             teacher = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=self.scaling, enable_gqa=True)
         with torch.enable_grad():
-            student = self.attend(q.detach(), k.detach(), v.detach())
+            student = self.attend(q.detach(), k.detach(), v.detach(), log_gate=log_gate)
             self.transfer_hook(self, student, teacher)
         return teacher
 
-    def _cached(self, q, k, v, valid, cache: HybridCacheLayer) -> torch.Tensor:
+    def _cached(self, q, k, v, valid, log_gate, cache: HybridCacheLayer) -> torch.Tensor:
         """Attention that reads and advances the decode state."""
         B, _, T, _ = q.shape
         if cache.seen == 0:
-            y = self.attend(q, k, v, valid)
-            self._prefill_state(k, v, valid, cache)
+            y = self.attend(q, k, v, valid, log_gate)
+            self._prefill_state(k, v, valid, log_gate, cache)
             return y
-        steps = [self._step(q[:, :, t], k[:, :, t], v[:, :, t],
-                            None if valid is None else valid[:, t], cache) for t in range(T)]
+        steps = [self._step(q[:, :, t], k[:, :, t], v[:, :, t], None if valid is None else valid[:, t],
+                            None if log_gate is None else log_gate[:, :, t], cache) for t in range(T)]
         return torch.stack(steps, dim=2)
 
-    def _prefill_state(self, k, v, valid, cache: HybridCacheLayer) -> None:
-        """Fill the state from a prompt: window = last w keys, (S, z) = the older ones."""
+    def _prefill_state(self, k, v, valid, log_gate, cache: HybridCacheLayer) -> None:
+        """Fill the state from a prompt: window = last w keys, sinks = the sinks older than the
+        window, (S, z) = the other older keys, decayed to the last position."""
         B, Hkv, T, D = k.shape
-        w = self.window
-        cache.allocate(B, Hkv, self.key_heads, w, D, self.feature_dim, k.dtype, k.device)
-        valid = torch.ones(B, T, dtype=torch.bool, device=k.device) if valid is None else valid
+        w, dev = self.window, k.device
+        cache.allocate(B, Hkv, self.key_heads, w, D, self.feature_dim, k.dtype, dev,
+                       sinks=self.sinks, gated=log_gate is not None)
+        valid = torch.ones(B, T, dtype=torch.bool, device=dev) if valid is None else valid
+        sink = sink_keys(valid, self.sinks)
+        old = max(0, T - w)
+        G = None if log_gate is None else log_gate.cumsum(-1)  # (B, Hk, T)
         if w:
-            recent = torch.arange(max(0, T - w), T, device=k.device)
+            recent = torch.arange(old, T, device=dev)
             cache.win_k[:, :, recent % w] = k[:, :, recent]
             cache.win_v[:, :, recent % w] = v[:, :, recent]
             cache.win_valid[:, recent % w] = valid[:, recent]
-        old = T - w
+            if self.sinks:
+                cache.sinks.win_sink[:, recent % w] = sink[:, recent]
+            if G is not None:
+                cache.win_decay[..., recent % w] = G[..., -1:] - G[..., recent]
+        if self.sinks:
+            cache.sinks.seen_valid.copy_(valid.sum(-1))
+            for b in range(B):  # sinks already out of the window, in order
+                pos = sink[b, :old].nonzero()[:, 0]
+                cache.sinks.sink_k[b, :, : len(pos)] = k[b, :, pos]
+                cache.sinks.sink_v[b, :, : len(pos)] = v[b, :, pos]
+                cache.sinks.sink_valid[b, : len(pos)] = True
         if self.linear and old > 0:
-            kf = self.feature_map_k(k[:, :, :old]).float() * valid[:, None, :old, None]
+            keep = (valid & ~sink)[:, None, :old, None]
+            kf = self.feature_map_k(k[:, :, :old]).float() * keep
+            if G is not None:
+                kf = kf * (G[..., -1:] - G[..., :old]).exp()[..., None]
             vv = v[:, :, :old].float().repeat_interleave(self.key_heads // Hkv, dim=1)
             cache.S += kf.transpose(-1, -2) @ vv
             cache.z += kf.sum(-2)
         cache.seen = T
 
-    def _step(self, q, k, v, valid, cache: HybridCacheLayer) -> torch.Tensor:
-        """One token: q (B, H, D), k/v (B, Hkv, D) -> (B, H, D)."""
+    def _step(self, q, k, v, valid, log_gate, cache: HybridCacheLayer) -> torch.Tensor:
+        """One token: q (B, H, D), k/v (B, Hkv, D), log_gate (B, Hk) or None -> (B, H, D)."""
         B = q.shape[0]
         pos, w = cache.seen, self.window
         valid = torch.ones(B, dtype=torch.bool, device=q.device) if valid is None else valid
@@ -155,6 +217,8 @@ class LolcatsAttention(nn.Module):
         kf_fold = self.feature_map_k(leaving[:, :, None])[:, :, 0] * leaving_valid[:, None, None]
         qf = self.feature_map_q(q[:, :, None])[:, :, 0]
         y = hybrid_decode_step(q, k, v, qf, kf_fold, self.gamma(), cache.win_k, cache.win_v,
-                               cache.win_valid, cache.S, cache.z, pos, valid, self.linear, self.scaling)
+                               cache.win_valid, cache.S, cache.z, pos, valid, self.linear, self.scaling,
+                               sink_state=cache.sinks, sink_bias=self.sink_logit, log_gate=log_gate,
+                               win_decay=cache.win_decay)
         cache.seen += 1
         return y

@@ -9,6 +9,8 @@ sequence is constant in the context length.
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
 
+from lolcats_kernels.hybrid_decode.naive import SinkState
+
 from .errors import LolcatsError
 
 
@@ -20,6 +22,9 @@ class HybridCacheLayer(CacheLayerMixin):
         win_valid: (B, w) bool, slot holds a real token.
         S: (B, Hk, F, D) fp32 running sum of kf v^T over folded keys.
         z: (B, Hk, F) fp32 running sum of kf over folded keys.
+        sinks: the attention sinks' state (`SinkState`), or None without sinks.
+        win_decay: (B, Hk, w) fp32 log-decay of each window slot since written, or None
+            without a gate.
         seen: tokens processed so far (padding included).
     """
 
@@ -29,7 +34,8 @@ class HybridCacheLayer(CacheLayerMixin):
     def __init__(self) -> None:
         super().__init__()
         self.seen = 0
-        self.win_k = self.win_v = self.win_valid = self.S = self.z = None
+        self.win_k = self.win_v = self.win_valid = self.S = self.z = self.win_decay = None
+        self.sinks: SinkState | None = None
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.is_initialized = True
@@ -38,17 +44,28 @@ class HybridCacheLayer(CacheLayerMixin):
         raise LolcatsError("a linearized layer's cache is filled by its attention module, not update()")
 
     def allocate(self, batch: int, kv_heads: int, key_heads: int, window: int, head_dim: int,
-                 feature_dim: int, dtype: torch.dtype, device: torch.device) -> None:
-        """Create empty state tensors for a batch."""
+                 feature_dim: int, dtype: torch.dtype, device: torch.device, sinks: int = 0,
+                 gated: bool = False) -> None:
+        """Create empty state tensors for a batch (with `sinks` sink slots, and window decays
+        when `gated`)."""
         self.win_k = torch.zeros(batch, kv_heads, window, head_dim, dtype=dtype, device=device)
         self.win_v = torch.zeros_like(self.win_k)
         self.win_valid = torch.zeros(batch, window, dtype=torch.bool, device=device)
         self.S = torch.zeros(batch, key_heads, feature_dim, head_dim, dtype=torch.float32, device=device)
         self.z = torch.zeros(batch, key_heads, feature_dim, dtype=torch.float32, device=device)
+        self.win_decay = torch.zeros(batch, key_heads, window, device=device) if gated else None
+        self.sinks = None
+        if sinks:
+            sink_k = torch.zeros(batch, kv_heads, sinks, head_dim, dtype=dtype, device=device)
+            self.sinks = SinkState(torch.zeros(batch, window, dtype=torch.bool, device=device), sink_k,
+                                   torch.zeros_like(sink_k), torch.zeros(batch, sinks, dtype=torch.bool, device=device),
+                                   torch.zeros(batch, dtype=torch.long, device=device))
         self.is_initialized = True
 
     def state_tensors(self) -> list[torch.Tensor]:
-        return [t for t in (self.win_k, self.win_v, self.win_valid, self.S, self.z) if t is not None]
+        extra = [] if self.sinks is None else list(self.sinks)
+        return [t for t in (self.win_k, self.win_v, self.win_valid, self.S, self.z, self.win_decay, *extra)
+                if t is not None]
 
     def nbytes(self) -> int:
         """Bytes held by this layer's state for the whole batch."""
@@ -64,14 +81,17 @@ class HybridCacheLayer(CacheLayerMixin):
         return -1
 
     def _map_batch(self, fn) -> None:
-        for name in ("win_k", "win_v", "win_valid", "S", "z"):
+        for name in ("win_k", "win_v", "win_valid", "S", "z", "win_decay"):
             t = getattr(self, name)
             if t is not None:
                 setattr(self, name, fn(t))
+        if self.sinks is not None:
+            self.sinks = SinkState(*(fn(t) for t in self.sinks))
 
     def reset(self) -> None:
         self.seen = 0
-        self.win_k = self.win_v = self.win_valid = self.S = self.z = None
+        self.win_k = self.win_v = self.win_valid = self.S = self.z = self.win_decay = None
+        self.sinks = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         self._map_batch(lambda t: t.index_select(0, beam_idx.to(t.device)))

@@ -63,7 +63,7 @@ def _sha256(path: Path) -> str:
 
 def _attention_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """Feature-map and gate tensors, keyed by their names in the unwrapped model."""
-    keys = ("feature_map_q.", "feature_map_k.", "window_gate")
+    keys = ("feature_map_q.", "feature_map_k.", "window_gate", "sink_logit", "state_gate.")
     return {k: v for k, v in base_model(model).state_dict().items() if any(s in k for s in keys)}
 
 

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 from .errors import ConfigError
 
 ATTENTION_KINDS = ("hybrid", "linear", "window")
+GATES = ("none", "liger", "scalar")
 _RETRIEVAL = re.compile(r"retrieval:([1-9][0-9]*)")
 
 
@@ -26,6 +27,12 @@ class LinearizeConfig:
         share_key_map: one key feature map per KV group instead of one per query head
             (fewer parameters and a smaller decode state).
         gamma_init: initial softmax-term weight sigmoid(g) of every head.
+        sinks: the first `sinks` tokens of each sequence stay in the softmax term for every
+            query (attention sinks; 0 turns them off).
+        sink_logits: learn a per-head logit added to the sink tokens' scores (stage 1).
+        gate: decay of the linear state, per head and token: `none`; `liger`, derived from the
+            pretrained key projection with no new parameters; `scalar`, a sigmoid of a learned
+            projection of the layer input (one vector per head, trained in stage 1).
     """
 
     feature_map: str = "hedgehog"
@@ -35,6 +42,9 @@ class LinearizeConfig:
     softmax_layers: list[int] | float | str = field(default_factory=list)
     share_key_map: bool = False
     gamma_init: float = 0.1
+    sinks: int = 4
+    sink_logits: bool = False
+    gate: str = "none"
 
     def __post_init__(self) -> None:
         from .feature_maps import FEATURE_MAPS
@@ -54,6 +64,14 @@ class LinearizeConfig:
             )
         if not isinstance(self.feature_dim, int) or self.feature_dim <= 0:
             raise ConfigError(f"feature_dim must be a positive integer, got {self.feature_dim!r}")
+        if not isinstance(self.sinks, int) or isinstance(self.sinks, bool) or self.sinks < 0:
+            raise ConfigError(f"sinks must be a number of tokens >= 0 (0: no sinks), got {self.sinks!r}")
+        if self.sink_logits and not self.sinks:
+            raise ConfigError("sink_logits needs sinks > 0")
+        if self.gate not in GATES:
+            raise ConfigError(f"unknown gate {self.gate!r}; choose one of {GATES}")
+        if self.gate != "none" and not self.linear:
+            raise ConfigError(f"gate {self.gate!r} decays the linear state: it needs attention 'hybrid' or 'linear'")
         if not 0.0 < self.gamma_init < 1.0:
             raise ConfigError(f"gamma_init must lie strictly between 0 and 1, got {self.gamma_init!r}")
         sl = self.softmax_layers
@@ -102,4 +120,4 @@ class LinearizeConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown linearization settings {unknown}; known: {sorted(known)}")
-        return cls(**data)
+        return cls(**{"sinks": 0, **data})  # checkpoints from before sinks existed have none

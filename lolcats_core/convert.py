@@ -80,16 +80,13 @@ def linearized_attentions(model: nn.Module) -> list[LolcatsAttention]:
 
 
 def attention_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters trained by attention transfer: feature maps and window gates."""
-    params = []
-    for attn in linearized_attentions(model):
-        params += list(attn.feature_map_q.parameters()) + list(attn.feature_map_k.parameters())
-        params.append(attn.window_gate)
-    return params
+    """Parameters trained by attention transfer: feature maps, window weights, sink logits and
+    state gates of every linearized layer."""
+    return [p for attn in linearized_attentions(model) for p in attn.transfer_parameters()]
 
 
 def freeze_for_attention_transfer(model: nn.Module) -> list[nn.Parameter]:
-    """Stage 1: only feature maps and gates train. Returns the trainable parameters."""
+    """Stage 1: only the attention-transfer parameters train. Returns them."""
     model.requires_grad_(False)
     params = attention_parameters(model)
     for p in params:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_linearized, save_linearized
-from .convert import decoder_layers, linearize
+from .convert import attention_parameters, decoder_layers, linearize
 from .data import PreparedData, make_dataloader, prepare_dataset
 from .evaluation import evaluate_model, plot_attention_mse, resolve_softmax_layers
 from .lora import add_lora
@@ -126,8 +126,7 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
         "history": history, "base": ref.to_dict(), "data_fingerprint": data.fingerprint,
         "softmax_layers": lin.softmax_layer_indices(len(decoder_layers(model))),
         **({"retrieval": retrieval.to_dict()} if retrieval is not None else {}),
-        "trainable_parameters": sum(p.numel() for n, p in model.named_parameters()
-                                    if "feature_map" in n or "window_gate" in n),
+        "trainable_parameters": sum(p.numel() for p in attention_parameters(model)),
     })
 
 

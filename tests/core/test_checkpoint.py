@@ -15,7 +15,7 @@ from lolcats_core import (CheckpointError, LinearizeConfig, LoraSettings, add_lo
 @pytest.fixture
 def linearized(tiny_model_dir):
     model, _, _ = load_base_model(str(tiny_model_dir))
-    linearize(model, LinearizeConfig(window=8, softmax_layers=[1]))
+    linearize(model, LinearizeConfig(window=8, softmax_layers=[1], sinks=2, sink_logits=True, gate="scalar"))
     randomize_attention(model)
     return model.eval()
 
@@ -54,7 +54,9 @@ def test_round_trip_gives_identical_logits(variant, request, tmp_path):
 def test_adapter_checkpoint_holds_only_trained_weights(with_lora, tmp_path):
     save_linearized(with_lora, tmp_path / "ck")
     keys = load_file(tmp_path / "ck" / "model.safetensors").keys()
-    assert keys and all(("feature_map" in k or "window_gate" in k or "lora_" in k) for k in keys)
+    trained = ("feature_map", "window_gate", "sink_logit", "state_gate", "lora_")
+    assert keys and all(any(t in k for t in trained) for k in keys)
+    assert any("sink_logit" in k for k in keys) and any("state_gate" in k for k in keys)
 
 
 def test_tampered_weights_are_refused(linearized, tmp_path):

@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from helpers import make_tiny_config, randomize_attention
@@ -50,7 +51,12 @@ def test_softmax_layers_are_kept_and_freezing_selects_attention_parameters():
     LinearizeConfig(window=8, feature_map="t2r", share_key_map=True),
     LinearizeConfig(attention="linear", feature_map="elu1"),
     LinearizeConfig(attention="window", window=6),
-], ids=["hybrid", "t2r-shared", "linear", "window"])
+    LinearizeConfig(attention="window", window=6, sinks=0),
+    LinearizeConfig(window=8, sinks=3, sink_logits=True, gate="scalar"),
+    LinearizeConfig(window=8, gate="liger", share_key_map=True),
+    LinearizeConfig(attention="linear", sinks=2, gate="liger"),
+], ids=["hybrid", "t2r-shared", "linear", "window-sinks", "window", "sinks-logits-scalar", "liger-shared",
+        "linear-sinks-liger"])
 def test_step_by_step_decoding_equals_parallel_forward(model_type, lin):
     """Left padding, batch 2, past the window boundary; prefill then one token at a time."""
     model = _model(model_type, lin=lin)
@@ -74,6 +80,24 @@ def test_step_by_step_decoding_equals_parallel_forward(model_type, lin):
     # the padded row equals the same sequence run alone without padding
     alone = model(ids[1:, pad:]).logits[0]
     torch.testing.assert_close(full[1, pad:], alone, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("gate", ["liger", "scalar"])
+def test_stage1_trains_sink_logits_and_gates(gate):
+    """Attention transfer reaches the sink logits and the scalar gate's projection."""
+    model = _model(lin=LinearizeConfig(window=4, sinks=2, sink_logits=True, gate=gate))
+    params = freeze_for_attention_transfer(model)
+    attn = model.model.layers[0].self_attn
+    assert attn.sink_logit.requires_grad and (gate == "liger") == (attn.state_gate is None)
+    losses = []
+    for layer in model.model.layers:
+        layer.self_attn.transfer_hook = lambda m, y, t: losses.append(F.mse_loss(y, t))
+    model(torch.randint(1, 128, (2, 24)))
+    sum(losses).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert attn.sink_logit.grad.abs().sum() > 0
+    if gate == "scalar":
+        assert attn.state_gate.weight.grad.abs().sum() > 0
 
 
 def test_generate_greedy_and_sampling_with_left_padding():

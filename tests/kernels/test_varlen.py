@@ -139,3 +139,20 @@ def test_offsets_not_ending_at_the_packed_length_raise():
     for bad in (cu[:-1], cu + 1, torch.tensor([0, 25, 20, 30], device=DEVICE)):
         with pytest.raises(ValueError, match="cu_seqlens"):
             hybrid_attention_triton(*inputs, 4, cu_seqlens=bad)
+
+
+def test_packed_sequences_get_their_own_sinks_and_gate():
+    """Each packed sequence has its own first tokens as sinks and its own decay from 0."""
+    lengths, H, Hkv, Hk, window, sinks = [23, 9, 30], 4, 2, 4, 6, 3
+    (q, k, v, qf, kf, gamma), cu = make_inputs(lengths, H, Hkv, Hk, 8, 8, torch.float32)
+    log_gate = -0.2 * torch.rand(1, Hk, sum(lengths), device=DEVICE)
+    bias = torch.randn(H, device=DEVICE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the kernels hand sinks to the PyTorch path
+        y = hybrid_attention_varlen(q, k, v, qf, kf, gamma, window, cu, sinks=sinks, sink_bias=bias,
+                                    log_gate=log_gate)
+    parts = [slice(int(a), int(b)) for a, b in zip(cu[:-1], cu[1:])]
+    ref = torch.cat([hybrid_attention_naive(q[:, :, p], k[:, :, p], v[:, :, p], qf[:, :, p], kf[:, :, p], gamma,
+                                            window, sinks=sinks, sink_bias=bias, log_gate=log_gate[:, :, p])
+                     for p in parts], 2)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
