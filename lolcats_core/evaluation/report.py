@@ -9,6 +9,7 @@ import torch
 from datasets import Dataset
 
 from ..errors import ConfigError
+from .code import code_pass_at_1
 from .config import ZERO_SHOT_TASKS, EvalConfig
 from .passkey import passkey_retrieval
 from .perplexity import perplexity
@@ -32,7 +33,8 @@ def evaluate_model(
 
     Returns:
         {"name", "config", "parameters", "perplexity": {...}, "passkey": {...},
-         "lm_eval": {task: {...}}, "zero_shot_average", "figures": {...}, "seconds": {...}}
+         "lm_eval": {task: {...}}, "zero_shot_average", "code": {task: {...}}, "figures": {...},
+         "seconds": {...}}
         with the sections of the evaluations that ran.
     """
     if config.perplexity and heldout is None:
@@ -74,6 +76,16 @@ def evaluate_model(
         if len(zero_shot) == len(ZERO_SHOT_TASKS):
             report["zero_shot_average"] = sum(zero_shot) / len(zero_shot)
         report["seconds"]["lm_eval"] = round(time.perf_counter() - start, 2)
+    if config.code_tasks:
+        start = time.perf_counter()
+        report["code"] = {
+            task: code_pass_at_1(
+                model, tokenizer, task, limit=config.code_limit, batch_size=config.batch_size,
+                max_new_tokens=config.code_max_new_tokens, progress=progress,
+            )  # fmt: skip
+            for task in config.code_tasks
+        }
+        report["seconds"]["code"] = round(time.perf_counter() - start, 2)
     return report
 
 
@@ -86,6 +98,8 @@ def summary_metrics(report: Mapping) -> dict[str, float]:
         row[f"{task} ({entry['primary_metric']}{shots})"] = 100 * entry["primary"]
     if "zero_shot_average" in report:
         row["0-shot average"] = 100 * report["zero_shot_average"]
+    for task, entry in report.get("code", {}).items():
+        row[f"{task} (pass@1)"] = 100 * entry["pass@1"]
     if "lambada" in tasks:
         row["lambada perplexity"] = tasks["lambada"]["metrics"]["perplexity"]
     if "perplexity" in report:
