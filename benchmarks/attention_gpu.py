@@ -209,11 +209,11 @@ def sweep(T: int = 16384) -> None:
                 return attention_fwd(q, k, v, qf, kf, g, h, z, None, WINDOW, True, scale, delta, chunk,
                                      num_warps=warps, num_stages=stages)
 
-            o, cs, inv = fwd()
+            o, cs, inv, lin_e = fwd()
 
             def bwd():
-                return attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, None,
-                                     lambda d: state_bwd(qf, do, cs, inv, d, HKV, delta, chunk),
+                return attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, lin_e, None,
+                                     lambda d: state_bwd(qf, do, lin_e, inv, d, HKV, delta, chunk),
                                      WINDOW, True, scale, delta, chunk, dq_launch=(warps, stages),
                                      dkv_launch=(warps, stages), dkv_split=split)
             try:

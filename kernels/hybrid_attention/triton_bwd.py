@@ -40,7 +40,7 @@ def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, B
 
 @triton.jit
 def _bwd_dq_kernel(
-    q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta, dq, dqf, dg, chunk_indices, cu_seqlens,
+    q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, lin_e, delta, dq, dqf, dg, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -56,7 +56,7 @@ def _bwd_dq_kernel(
         i_n, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
         q, do, dq, k, v = q + bos * D, do + bos * D, dq + bos * D, k + bos * D, v + bos * D
         qf, dqf, kf = qf + bos * F, dqf + bos * F, kf + bos * F
-        cs, inv_den, delta = cs + bos, inv_den + bos, delta + bos
+        cs, inv_den, lin_e, delta = cs + bos, inv_den + bos, lin_e + bos, delta + bos
     else:
         i_n, L = i_t, T
 
@@ -72,7 +72,7 @@ def _bwd_dq_kernel(
     b_c = tl.load(cs + p_row, mask=m_i, other=0)
     b_inv = tl.load(inv_den + p_row, mask=m_i, other=0)
     b_delta = tl.load(delta + p_row, mask=m_i, other=0)
-    b_e = tl.exp(-b_c)
+    b_e = tl.load(lin_e + p_row, mask=m_i, other=0)
     b_g = tl.load(gamma + i_h).to(tl.float32)
 
     b_dq = tl.zeros([BT, BD], dtype=tl.float32)
@@ -116,7 +116,7 @@ def _bwd_dq_kernel(
 
 @triton.jit
 def _bwd_dkv_kernel(
-    q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta, dk, dv, dkf, chunk_indices, cu_seqlens,
+    q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta, dk, dv, dkf, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -129,7 +129,7 @@ def _bwd_dkv_kernel(
         i_c, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
         q, do, k, v, dk, dv = q + bos * D, do + bos * D, k + bos * D, v + bos * D, dk + bos * D, dv + bos * D
         qf, kf, dkf = qf + bos * F, kf + bos * F, dkf + bos * F
-        cs, inv_den, delta = cs + bos, inv_den + bos, delta + bos
+        cs, inv_den, lin_e, delta = cs + bos, inv_den + bos, lin_e + bos, delta + bos
         NL = tl.cdiv(L, BT)
     else:
         i_c, L, NL = i_t, T, N
@@ -184,7 +184,7 @@ def _bwd_dkv_kernel(
                         b_qf = tl.load(qf + i_bh * T * F + o_i[:, None] * F + o_f[None, :],
                                        mask=m_i[:, None] & m_f[None, :], other=0)
                         lin = (diff >= W) & m_j[:, None]
-                        b_e = tl.exp(-b_c)
+                        b_e = tl.load(lin_e + p_row, mask=m_i, other=0)
                         b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
                         b_dp = tl.where(lin, b_dw * b_e[None, :], 0.0)
                         b_dkf += tl.dot(b_dp.to(b_qf.dtype), b_qf)
@@ -246,7 +246,7 @@ def dkv_launch_for(BK: int) -> tuple[int, int]:
     return (4, 2) if BK <= 32 else (8, 2)
 
 
-def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, reverse_states,
+def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
                   varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] | None = None,
                   dkv_launch: tuple[int, int] | None = None, dkv_split: int | None = None):
@@ -254,8 +254,8 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
 
     Args:
         q, k, v, qf, kf, gamma, h, z, key_valid, varlen: as for `attention_fwd` (h, z: the
-            forward's prefix states); o, do: (B, H, T, D); cs, inv_den: (B, H, T) saved by the
-            forward.
+            forward's prefix states); o, do: (B, H, T, D); cs, inv_den, lin_e: (B, H, T) saved by
+            the forward.
         reverse_states: callable(delta_rows (B, H, T) fp32) -> (dh, dz), the reverse states
             of `state_bwd` (any tensors when not linear).
         dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels (None picks
@@ -282,14 +282,14 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, key_valid, r
     consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
                   IS_VARLEN=varlen is not None)
     _bwd_dq_kernel[(B * H, N)](
-        q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, delta_rows, dq,
+        q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, lin_e, delta_rows, dq,
         dqf if linear else dq, dg, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
         num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
     split = dkv_split or dkv_split_for(chunk)
     dkv_launch = dkv_launch or dkv_launch_for(chunk // split)
     _bwd_dkv_kernel[(B * Hkv, N * split)](
-        q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, delta_rows, dk, dv,
+        q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta_rows, dk, dv,
         dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split, **consts,
         num_warps=dkv_launch[0], num_stages=dkv_launch[1],
     )

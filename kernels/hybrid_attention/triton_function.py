@@ -23,7 +23,7 @@ def window_blocks(window: int, chunk: int) -> int:
 
 
 class HybridAttentionFunction(torch.autograd.Function):
-    """Fused hybrid attention; saves the inputs, the output, two fp32 numbers per row and the
+    """Fused hybrid attention; saves the inputs, the output, three fp32 numbers per row and the
     forward's prefix states h, z (one F x D state per block: the backward reads them instead of
     recomputing them). `varlen` (a `VarlenChunks` or None) holds integer index tensors only."""
 
@@ -34,25 +34,25 @@ class HybridAttentionFunction(torch.autograd.Function):
         valid = None if key_valid is None else key_valid.to(torch.int8).contiguous()
         delta = window_blocks(window, chunk)
         h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk, varlen) if linear else (q, q)
-        o, cs, inv_den = attention_fwd(q, k, v, qf, kf, g, h, z, valid, window, linear, scale, delta, chunk,
+        o, cs, inv_den, lin_e = attention_fwd(q, k, v, qf, kf, g, h, z, valid, window, linear, scale, delta, chunk,
                                        varlen)
-        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den, h, z)
+        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z)
         ctx.cfg = (window, linear, scale, delta, chunk, gamma.dtype, varlen)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, qf, kf, g, valid, o, cs, inv_den, h, z = ctx.saved_tensors
+        q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z = ctx.saved_tensors
         window, linear, scale, delta, chunk, gamma_dtype, varlen = ctx.cfg
         do = do.contiguous()
 
         def reverse_states(delta_rows):
             if not linear:
                 return q, q
-            return state_bwd(qf, do, cs, inv_den, delta_rows, kf.shape[1], delta, chunk, varlen)
+            return state_bwd(qf, do, lin_e, inv_den, delta_rows, kf.shape[1], delta, chunk, varlen)
 
         dq, dk, dv, dqf, dkf, dg = attention_bwd(
-            q, k, v, qf, kf, g, h, z, o, do, cs, inv_den, valid, reverse_states,
+            q, k, v, qf, kf, g, h, z, o, do, cs, inv_den, lin_e, valid, reverse_states,
             window, linear, scale, delta, chunk, varlen,
         )
         if not linear:  # gamma cancels between numerator and denominator: its gradient is exactly 0

@@ -3,27 +3,33 @@
 One program per (query block n of BT tokens, batch x query head). It starts from the
 linear state of the far chunks (`triton_state.py`), then walks the key blocks
 n - delta .. n that hold the window, splitting each score tile by absolute position into
-window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the reference is
-kept as a running max that starts at 0: when it grows, the accumulated numerator and
-denominator (linear parts included) are rescaled, so at the end both carry exactly exp(-c_i).
+window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the reference,
+max(window max, log linear sum), is kept as a running max that starts at the log of the far
+state's linear sum and takes each block's window max and the log of its linear sum: when it
+grows, the accumulated numerator and denominator are rescaled, so at the end both carry
+exactly exp(-c_i), and the largest term is 1 however negative the scores.
 
 Packed sequences (`IS_VARLEN`, `triton_varlen.py`): a program's block lies in one sequence and
 its positions, masks and states are those of that sequence alone.
 
-Saved for backward: c_i and 1 / den_i per row (fp32), which is all the backward needs to
-rebuild every weight.
+Saved for backward, per row (fp32): c_i, 1 / den_i and the linear factor e_i = exp(-c_i) (0 for
+a row without linear keys, as in the reference), which is all the backward needs to rebuild
+every weight.
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from .naive import MAX_SHIFT
 from .triton_varlen import VarlenChunks, seq_chunk
+
+NEG = -1.0e30  # the running shift before any term: exp(NEG - finite) = 0, exp(NEG - NEG) = 1
 
 
 @triton.jit
 def _fwd_kernel(
-    q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den, chunk_indices, cu_seqlens,
+    q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den, lin_e, chunk_indices, cu_seqlens,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
@@ -40,6 +46,7 @@ def _fwd_kernel(
     kf += i_hk.to(tl.int64) * T * F
     cs += i_bh.to(tl.int64) * T
     inv_den += i_bh.to(tl.int64) * T
+    lin_e += i_bh.to(tl.int64) * T
     if IS_VARLEN:  # block i_n of a sequence of L tokens from bos: positions below are local to it
         i_n, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
         q += bos * D
@@ -50,6 +57,7 @@ def _fwd_kernel(
         kf += bos * F
         cs += bos
         inv_den += bos
+        lin_e += bos
     else:
         i_n, L = i_t, T
 
@@ -59,17 +67,21 @@ def _fwd_kernel(
     b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0)
     b_g = tl.load(gamma + i_h).to(tl.float32)
 
-    b_m = tl.zeros([BT], dtype=tl.float32)
+    b_m = tl.full([BT], NEG, dtype=tl.float32)
     b_acc = tl.zeros([BT, BD], dtype=tl.float32)
     b_den = tl.zeros([BT], dtype=tl.float32)
-    if LINEAR:
+    b_lin = tl.zeros([BT], dtype=tl.int32)  # the row has linear mass
+    if LINEAR:  # the far state's terms, shifted by the log of their sum (which becomes 1)
         b_qf = tl.load(qf + o_i[:, None] * F + o_f[None, :], mask=m_i[:, None] & m_f[None, :], other=0)
         p_state = i_hk.to(tl.int64) * N + i_t
         b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                       mask=m_f[:, None] & m_d[None, :], other=0)
         b_z = tl.load(z + p_state * F + o_f, mask=m_f, other=0)
-        b_acc += tl.dot(b_qf, b_h.to(b_qf.dtype))
-        b_den += tl.sum(b_qf.to(tl.float32) * b_z[None, :], 1)
+        b_far = tl.sum(b_qf.to(tl.float32) * b_z[None, :], 1)
+        b_m = tl.where(b_far > 0, tl.log(tl.where(b_far > 0, b_far, 1.0)), NEG)
+        b_acc = tl.dot(b_qf, b_h.to(b_qf.dtype)) / tl.where(b_far > 0, b_far, 1.0)[:, None]
+        b_den = tl.where(b_far > 0, 1.0, 0.0)
+        b_lin = (b_far > 0).to(tl.int32)
 
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
         o_j = j * BT + tl.arange(0, BT)
@@ -82,13 +94,19 @@ def _fwd_kernel(
         win = (diff >= 0) & (diff < W) & m_j[None, :]
         b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
         b_mn = tl.maximum(b_m, tl.max(b_s, 1))
-        b_w = b_g * tl.exp(b_s - b_mn[:, None])
         if LINEAR:
             if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
                 b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
                 lin = (diff >= W) & m_j[None, :]
                 b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
-                b_w += b_p * tl.exp(-b_mn)[:, None]
+                b_psum = tl.sum(b_p, 1)
+                b_lin = tl.maximum(b_lin, (b_psum > 0).to(tl.int32))
+                b_mn = tl.maximum(b_mn, tl.where(b_psum > 0, tl.log(tl.where(b_psum > 0, b_psum, 1.0)), NEG))
+                b_w = b_g * tl.exp(b_s - b_mn[:, None]) + b_p * tl.exp(tl.minimum(-b_mn, MAX_SHIFT))[:, None]
+            else:
+                b_w = b_g * tl.exp(b_s - b_mn[:, None])
+        else:
+            b_w = b_g * tl.exp(b_s - b_mn[:, None])
         b_alpha = tl.exp(b_m - b_mn)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_v.dtype), b_v)
         b_den = b_den * b_alpha + tl.sum(b_w, 1)
@@ -97,8 +115,10 @@ def _fwd_kernel(
     b_inv = tl.where(b_den > 0, 1.0 / tl.where(b_den > 0, b_den, 1.0), 0.0)
     tl.store(o + o_i[:, None] * D + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
              mask=m_i[:, None] & m_d[None, :])
-    tl.store(cs + o_i, b_m, mask=m_i)
+    b_c = tl.where(b_m > NEG, b_m, 0.0)
+    tl.store(cs + o_i, b_c, mask=m_i)
     tl.store(inv_den + o_i, b_inv, mask=m_i)
+    tl.store(lin_e + o_i, tl.where(b_lin > 0, tl.exp(tl.minimum(-b_c, MAX_SHIFT)), 0.0), mask=m_i)
 
 
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,
@@ -112,20 +132,20 @@ def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: 
             `state_fwd` (any tensors when not linear); key_valid: (B, T) int8 or None.
         varlen: packed sequences (B = 1, key_valid None), or None.
     Returns:
-        o: (B, H, T, D) in q's dtype; cs, inv_den: (B, H, T) fp32.
+        o: (B, H, T, D) in q's dtype; cs, inv_den, lin_e: (B, H, T) fp32.
     """
     B, H, T, D = q.shape
     F = qf.shape[-1]
     N = triton.cdiv(T, chunk) if varlen is None else varlen.num_chunks
     o = torch.empty_like(q)
     cs = q.new_empty(B, H, T, dtype=torch.float32)
-    inv_den = torch.empty_like(cs)
+    inv_den, lin_e = torch.empty_like(cs), torch.empty_like(cs)
     seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     _fwd_kernel[(B * H, N)](
-        q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den, *seq_args,
+        q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den, lin_e, *seq_args,
         scale, T, N, window, delta, H, k.shape[1], kf.shape[1],
         D=D, F=F, BT=chunk, BD=max(16, triton.next_power_of_2(D)), BF=max(16, triton.next_power_of_2(F)),
         LINEAR=linear, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
-    return o, cs, inv_den
+    return o, cs, inv_den, lin_e

@@ -8,7 +8,8 @@ every query of block n, so it is a pure linear-attention key.
 
 Forward:  h[n] = sum_{j in chunks < n - delta} kf_j v_j^T   (F x D),  z[n] = sum kf_j  (F)
 Backward: dh[c] = sum_{i in blocks > c + delta} qf_i g_i^T  (F x D), dz[c] = sum r_i qf_i (F)
-with g_i = u_i do_i, r_i = u_i (do_i . y_i), u_i = exp(-c_i) / den_i; the reverse state
+with g_i = u_i do_i, r_i = u_i (do_i . y_i), u_i = e_i / den_i (e_i the linear factor of the
+forward, exp(-c_i) or 0 for a row without linear keys); the reverse state
 carries the gradient of every far query back to key chunk c. With grouped key maps (Hk < H),
 the sums also run over the H / Hk query heads of a key head: the kernel runs one program per
 query head and `state_bwd` adds up the heads of each group.
@@ -75,7 +76,7 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    qf, do, cs, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, T, N, DELTA, H,
+    qf, do, lin_e, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, T, N, DELTA, H,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     IS_VARLEN: tl.constexpr,
 ):
@@ -92,7 +93,7 @@ def _state_bwd_kernel(
         p_n = i_bh.to(tl.int64) * N
     qf += row * F
     do += row * D
-    cs += row
+    lin_e += row
     inv_den += row
     delta += row
     dh += p_n * F * D
@@ -115,7 +116,7 @@ def _state_bwd_kernel(
         m_t = o_t < L
         b_qf = tl.load(qf + o_t[:, None] * F + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_do = tl.load(do + o_t[:, None] * D + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
-        b_u = tl.exp(-tl.load(cs + o_t, mask=m_t, other=0)) * tl.load(inv_den + o_t, mask=m_t, other=0)
+        b_u = tl.load(lin_e + o_t, mask=m_t, other=0) * tl.load(inv_den + o_t, mask=m_t, other=0)
         b_r = b_u * tl.load(delta + o_t, mask=m_t, other=0)
         b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
         tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
@@ -163,7 +164,7 @@ def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen
     return h, z
 
 
-def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chunk: int,
+def state_bwd(qf, do, lin_e, inv_den, delta_rows, num_heads_k: int, delta: int, chunk: int,
               varlen: VarlenChunks | None = None):
     """Reverse states per key chunk.
 
@@ -172,7 +173,7 @@ def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chu
     RQ heads of each group are summed here.
 
     Args:
-        qf: (B, H, T, F); do: (B, H, T, D); cs, inv_den, delta_rows: (B, H, T) fp32; H a
+        qf: (B, H, T, F); do: (B, H, T, D); lin_e, inv_den, delta_rows: (B, H, T) fp32; H a
             multiple of num_heads_k (Hk).
         varlen: packed sequences (B = 1), or None.
     Returns:
@@ -187,7 +188,7 @@ def state_bwd(qf, do, cs, inv_den, delta_rows, num_heads_k: int, delta: int, chu
     BK, BV = _blocks(F, D)
     grid = (programs * H, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_bwd_kernel[grid](
-        qf, do, cs, inv_den, delta_rows, *seq_args, dh, dz, T, N, delta, H,
+        qf, do, lin_e, inv_den, delta_rows, *seq_args, dh, dz, T, N, delta, H,
         F=F, D=D, BT=chunk, BK=BK, BV=BV, IS_VARLEN=varlen is not None, num_warps=4,
     )
     if RQ > 1:

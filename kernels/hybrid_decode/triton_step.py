@@ -13,6 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..hybrid_attention.naive import MAX_SHIFT
+from ..hybrid_attention.triton_fwd import NEG
+
 
 @triton.jit
 def _decode_kernel(
@@ -61,20 +64,27 @@ def _decode_kernel(
             i_h = i_g * RK * RQ + rk * RQ + rq
             i_bh = (i_b * H + i_h).to(tl.int64)
             b_q = tl.load(q + i_bh * D + o_d, mask=m_d, other=0).to(tl.float32)
+            # shift c = max(window max, log linear sum), as the reference (hybrid_attention/naive.py)
             b_num = tl.zeros([BD], dtype=tl.float32)
             b_den = 0.0
-            b_e = 1.0  # exp(-c), c = 0 without a window
+            b_c = NEG
+            if LINEAR:
+                b_qf = tl.load(qf + i_bh * F + o_f, mask=m_f, other=0).to(tl.float32)
+                b_lnum = tl.sum(b_qf[:, None] * b_S, 0)
+                b_lden = tl.sum(b_qf * b_z, 0)
+                b_c = tl.where(b_lden > 0, tl.log(tl.where(b_lden > 0, b_lden, 1.0)), NEG)
             if W > 0:
                 b_s = tl.where(b_ok, tl.sum(b_wk * b_q[None, :], 1) * scale, float("-inf"))
-                b_c = tl.maximum(tl.max(b_s, 0), 0.0)
+                b_c = tl.maximum(b_c, tl.max(b_s, 0))
+                b_c = tl.where(b_c > NEG, b_c, 0.0)
                 b_a = tl.load(gamma + i_h).to(tl.float32) * tl.exp(b_s - b_c)
                 b_num += tl.sum(b_a[:, None] * b_wv, 0)
                 b_den += tl.sum(b_a, 0)
-                b_e = tl.exp(-b_c)
+            b_c = tl.where(b_c > NEG, b_c, 0.0)
             if LINEAR:
-                b_qf = tl.load(qf + i_bh * F + o_f, mask=m_f, other=0).to(tl.float32)
-                b_num += b_e * tl.sum(b_qf[:, None] * b_S, 0)
-                b_den += b_e * tl.sum(b_qf * b_z, 0)
+                b_e = tl.exp(tl.minimum(-b_c, MAX_SHIFT))
+                b_num += b_e * b_lnum
+                b_den += b_e * b_lden
             b_y = b_num / tl.where(b_den > 0, b_den, 1.0)
             tl.store(o + i_bh * D + o_d, b_y.to(o.dtype.element_ty), mask=m_d)
 

@@ -52,11 +52,12 @@ def check(outs, refs, tol):
     """Relative errors below tol. Gradients can vanish mathematically (dgamma when there are no
     linear keys, dq with one key): a floor of 1e-2 per element keeps rounding noise from
     counting; dgamma sums O(T) terms per query, so its floor scales with T (and with the tf32
-    rounding of GPU fp32 dots)."""
+    rounding of GPU fp32 dots; on the CPU, twice T: with no linear key dgamma is exactly 0 and
+    both sides hold only rounding noise of terms up to gamma)."""
     T = outs[0].shape[2]
     names = ["y", "dq", "dk", "dv", "dqf", "dkf", "dgamma"]
     for name, a, b in zip(names, outs, refs):
-        floor = 1e-2 * b.numel() ** 0.5 * (T * (10 if CUDA else 1) if name == "dgamma" else 1)
+        floor = 1e-2 * b.numel() ** 0.5 * (T * (10 if CUDA else 2) if name == "dgamma" else 1)
         assert torch.isfinite(a).all(), name
         assert rel_err(a, b, floor) < tol, (name, rel_err(a, b, floor))
 
@@ -196,3 +197,21 @@ def test_dkv_launch_policy(monkeypatch):
     monkeypatch.setenv("LOLCATS_DKV_LAUNCH", "4;2")
     with pytest.raises(ValueError, match="LOLCATS_DKV_LAUNCH"):
         dkv_launch_for(32)
+
+
+@pytest.mark.parametrize("offset", [16.0, 30.0], ids=["scores-90", "scores-318"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_very_negative_scores(offset, dtype):
+    """Every key scoring far below 0 (Qwen2.5's heads reach -250): the shift follows the scores,
+    the window does not vanish and no gradient is NaN (the old shift max(0, .) failed both)."""
+    inputs, key_valid = make_inputs(1, 4, 2, 4, 50, 16, 8, torch.float32, valid=True)
+    q, k, v, qf, kf, gamma = inputs
+    u = torch.full((16,), 0.25, device=DEVICE)
+    inputs = [(q + offset * u).to(dtype), (0.1 * k - offset * u).to(dtype), v.to(dtype), qf.to(dtype),
+              kf.to(dtype), gamma]
+    outs, refs = run_both(inputs, 7, True, key_valid)
+    if dtype == torch.float32:
+        check(outs, refs, 5e-3 if CUDA else 1e-4)
+    else:  # fp16 keys of magnitude 7.5 whose common part cancels in dq: only y is comparable
+        assert all(torch.isfinite(x).all() for x in outs)
+        assert rel_err(outs[0], refs[0], 1e-2 * refs[0].numel() ** 0.5) < 1e-2

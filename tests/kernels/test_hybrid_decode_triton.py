@@ -77,3 +77,23 @@ def test_cuda_graph_replay():
         graph.replay()
         y_ref = hybrid_decode_step_naive(*args, gamma, *state_ref, 70 + step, valid)
         torch.testing.assert_close(y.float(), y_ref.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_very_negative_scores_match_reference():
+    """Window scores far below 0 and a small linear state: the shift is the larger of the window
+    max and the log of the linear sum, as in the reference."""
+    B, H, Hkv, Hk, w, D, F = 2, 4, 2, 4, 5, 16, 8
+    state = make_state(B, Hkv, Hk, w, D, F, torch.float32)
+    u = torch.full((D,), 0.25, device=DEVICE)
+    state[0] = 0.1 * state[0] - 30 * u
+    state[3], state[4] = state[3] * 1e-3, state[4] * 1e-3
+    state_ref = [x.clone() for x in state]
+    gamma = torch.rand(H, device=DEVICE)
+    q = torch.randn(B, H, D, device=DEVICE) + 30 * u
+    k, v = torch.randn(B, Hkv, D, device=DEVICE) * 0.1 - 30 * u, torch.randn(B, Hkv, D, device=DEVICE)
+    qf, kf = torch.rand(B, H, F, device=DEVICE), torch.rand(B, Hk, F, device=DEVICE)
+    valid = torch.ones(B, dtype=torch.bool, device=DEVICE)
+    y = hybrid_decode_step_triton(q, k, v, qf, kf, gamma, *state, 7, valid, True)
+    y_ref = hybrid_decode_step_naive(q, k, v, qf, kf, gamma, *state_ref, 7, valid, True)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
