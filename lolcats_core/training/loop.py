@@ -87,6 +87,17 @@ def _micro_batches(source: BatchSource, epoch: int, skip: int) -> Iterator[tuple
         epoch, skip = epoch + 1, 0
 
 
+def non_finite_gradients(params: dict[str, torch.nn.Parameter]) -> list[str]:
+    """Names of the parameters whose gradient holds a NaN or an inf (one host sync)."""
+    named = [(n, p.grad) for n, p in params.items() if p.grad is not None]
+    if not named:
+        return []
+    finite = torch.stack([torch.isfinite(g).all() for _, g in named])
+    if bool(finite.all()):
+        return []
+    return [n for (n, _), ok in zip(named, finite.tolist()) if not ok]
+
+
 def train_loop(
     name: str,
     params: dict[str, torch.nn.Parameter],
@@ -127,6 +138,13 @@ def train_loop(
     def checkpoint() -> None:
         save_train_state(last, params, optimizer, scheduler, info)
 
+    def stop(reason: str) -> NonFiniteLossError:
+        where = (f"the last good checkpoint is {last} (step {info['step'] // cfg.eval_every * cfg.eval_every})"
+                 if (last / "state.json").exists() else
+                 f"no checkpoint was written yet (the first comes at step {cfg.eval_every}); a re-run starts afresh")
+        return NonFiniteLossError(f"{name} stopped at step {info['step'] + 1}: {reason}. The parameters were not "
+                                  f"updated; {where}. Lower the learning rate or check the data.")
+
     stream = _micro_batches(batches, info["epoch"], info["position"])
     bar = tqdm(total=cfg.max_steps, initial=info["step"], desc=name, unit="step", dynamic_ncols=True)
     eval_metrics: dict = {}
@@ -139,11 +157,11 @@ def train_loop(
                 if not math.isfinite(step_metrics["loss"]):
                     raise NonFiniteLossError(f"loss is {step_metrics['loss']}")
             except NonFiniteLossError as e:
-                raise NonFiniteLossError(
-                    f"{name} stopped at step {info['step'] + 1}: {e}. The parameters were not updated; "
-                    f"the last good checkpoint is {last}. Lower the learning rate or check the data.") from None
+                raise stop(str(e)) from None
             for k, v in step_metrics.items():
                 metrics[k] = metrics.get(k, 0.0) + v / cfg.grad_accum
+        if bad := non_finite_gradients(params):
+            raise stop(f"non-finite gradients in {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}")
         if cfg.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(list(params.values()), cfg.max_grad_norm)
         optimizer.step()

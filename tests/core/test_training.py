@@ -84,3 +84,17 @@ def test_nan_loss_stops_with_step_and_layer_and_keeps_the_checkpoint(tmp_path):
     after = load_file(tmp_path / "last" / "tensors.safetensors")
     assert all(torch.equal(good[k], after[k]) for k in good)
     assert all(torch.equal(before[k], p) for k, p in attention_state_names(model).items())
+
+
+def test_nan_gradient_with_a_finite_loss_stops_before_the_update_naming_the_layer(tmp_path):
+    """A finite loss with a NaN gradient (the Qwen2.5 failure) is caught before the optimizer
+    step; with no checkpoint yet the message says so instead of naming one that does not exist."""
+    model = _model()
+    before = {k: v.detach().clone() for k, v in attention_state_names(model).items()}
+    weight = model.model.layers[1].self_attn.feature_map_q.weight
+    weight.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(NonFiniteLossError, match=r"stopped at step 1: non-finite gradients in "
+                       r"model\.layers\.1\.self_attn\.feature_map_q\.weight.*no checkpoint was written yet"):
+        attention_transfer(model, batches, EVAL, TrainConfig(max_steps=3, eval_every=2), tmp_path)
+    assert all(torch.equal(before[k], p) for k, p in attention_state_names(model).items())
+    assert not (tmp_path / "last").exists()
