@@ -90,7 +90,7 @@ def evaluate(preset: str = "smollm2-135m", version: str = "champion", profile: s
         status = "FINISHED"
     finally:
         tracking.end_run(run_id, status)
-    metrics = flat_metrics(reports["linearized"])
+    metrics = flat_metrics(reports["linearized"], reports["teacher"])
     c = tracking.client()
     for k, v in metrics.items():
         c.set_model_version_tag(name, str(mv.version), f"eval.{k}", f"{v:.6g}")

@@ -17,6 +17,14 @@ def _softmax_line(cfg: RunConfig, stage1: dict) -> list[str]:
     return [f"layers kept as softmax: {', '.join(map(str, kept))} (softmax_layers: {cfg.linearize.softmax_layers})", ""]
 
 
+def _ood_line(teacher: dict) -> list[str]:
+    """Where the out-of-distribution perplexity comes from; none when it was not measured."""
+    ood = teacher.get("ood_perplexity")
+    if not ood:
+        return []
+    return [f"out-of-distribution text: {ood['source']}, {ood['rows']} rows, {ood['tokens']:,} tokens", ""]
+
+
 def format_summary(cfg: RunConfig, data, stage1: dict, stage2: dict, teacher: dict, student: dict) -> str:
     """Markdown summary: teacher vs linearized metrics, tokens, trainable parameters, time."""
     lines = [
@@ -26,6 +34,7 @@ def format_summary(cfg: RunConfig, data, stage1: dict, stage2: dict, teacher: di
         *_softmax_line(cfg, stage1),
         compare_reports(teacher, student, names=("teacher", "linearized")),
         "",
+        *_ood_line(teacher),
         "| stage | tokens | trainable parameters | wall time (s) | tokens/s |",
         "|---|---|---|---|---|",
         _stage_row("attention transfer", stage1),

@@ -42,15 +42,16 @@ def evaluate_passkey(cfg, data, model_path: str | None, name: str, run_id: str |
     """Passkey retrieval of a checkpoint (None: the teacher); {} when the config disables it."""
     if not cfg.eval.passkey:
         return {}
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=False, tasks=[]))
+    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, perplexity=False, ood_perplexity=False,
+                                                            tasks=[]))
     return _evaluate(cfg, data, model_path, name, "passkey", run_id)
 
 
 @task(name="evaluate_lm_eval", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE,
       log_prints=False)
 def evaluate_lm_eval(cfg, data, model_path: str | None, name: str, run_id: str | None = None) -> dict:
-    """Held-out perplexity and the lm-eval tasks of the config (None: the teacher)."""
-    if not (cfg.eval.perplexity or cfg.eval.tasks):
+    """Held-out and out-of-distribution perplexity and the config's lm-eval tasks (None: the teacher)."""
+    if not (cfg.eval.perplexity or cfg.eval.ood_perplexity or cfg.eval.tasks):
         return {}
     cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, passkey=False))
     return _evaluate(cfg, data, model_path, name, "lm-eval", run_id)

@@ -46,7 +46,7 @@ def register_model(cfg, run_id: str, stage1: dict, stage2: dict, teacher: dict, 
         fingerprint=Path(stage2["dir"]).name, base_model=base["id"],
         base_revision=base["revision"], data_fingerprint=data_fingerprint,
         extra_tags={"lolcats.base_fingerprint": base["fingerprint"], "lolcats.config": cfg.name})
-    metrics, teacher_metrics = flat_metrics(student), flat_metrics(teacher)
+    metrics, teacher_metrics = flat_metrics(student, teacher), flat_metrics(teacher)
 
     def log_model(rid: str, src: Path):
         mi = log_pyfunc_model(rid, src)

@@ -5,16 +5,18 @@ from .errors import DataError
 from .fingerprint import data_fingerprint, hash_path, tokenizer_fingerprint
 from .loader import make_dataloader
 from .packing import pack
-from .passkey import PasskeyGenerator, PasskeySample
+from .passkey import TRAIN_TEMPLATE, PasskeyGenerator, PasskeySample, PasskeyTemplate
 from .prepare import PreparedData, load_prepared, prepare_dataset
 from .sources import IGNORE_INDEX, read_sharegpt, read_text_files, tokenize_conversations, tokenize_texts
 
 __all__ = [
     "IGNORE_INDEX",
+    "TRAIN_TEMPLATE",
     "DataConfig",
     "DataError",
     "PasskeyGenerator",
     "PasskeySample",
+    "PasskeyTemplate",
     "PreparedData",
     "check_fits",
     "data_fingerprint",

@@ -5,11 +5,12 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .assets import ESSAYS_DIR, SHAREGPT_FILE, asset_path
+from .assets import ESSAYS_DIR, SHAKESPEARE_DIR, SHAREGPT_FILE, asset_path
 from .config import DataConfig
 from .errors import DataError
 
 FORMAT_VERSION = 4  # bump when the prepared layout or the preparation logic changes
+PATH_FIELDS = {"sharegpt": "sharegpt_path", "text": "text_paths", "passkey": "haystack_path"}
 
 
 def hash_path(path: str | Path) -> str:
@@ -49,7 +50,11 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def source_paths(config: DataConfig) -> dict[str, list[Path]]:
-    """Files each source in the mix reads, with bundled assets resolved."""
+    """Files each source in the mix reads, with bundled assets resolved.
+
+    Raises `DataError` for a path that is, holds or lies inside the out-of-distribution
+    evaluation text (`SHAKESPEARE_DIR`): training on it would flatter that perplexity.
+    """
     paths = {}
     for source, weight in config.mix.items():
         if weight <= 0:
@@ -60,7 +65,21 @@ def source_paths(config: DataConfig) -> dict[str, list[Path]]:
             paths[source] = [Path(p) for p in config.text_paths] or [asset_path(ESSAYS_DIR)]
         else:
             paths[source] = [Path(config.haystack_path) if config.haystack_path else asset_path(ESSAYS_DIR)]
+    _refuse_ood_text(paths)
     return paths
+
+
+def _refuse_ood_text(paths: dict[str, list[Path]]) -> None:
+    try:
+        ood = asset_path(SHAKESPEARE_DIR).resolve()
+    except DataError:  # not installed: there is no out-of-distribution text to keep out
+        return
+    for source, entries in paths.items():
+        for path in entries:
+            resolved = path.resolve()
+            if resolved == ood or ood in resolved.parents or resolved in ood.parents:
+                raise DataError(f"{PATH_FIELDS[source]}: {path} reaches the out-of-distribution evaluation "
+                                f"text {ood}; it must stay out of the linearizing data")
 
 
 def data_fingerprint(config: DataConfig, tokenizer) -> tuple[str, dict]:
@@ -73,8 +92,7 @@ def data_fingerprint(config: DataConfig, tokenizer) -> tuple[str, dict]:
     for source, paths in source_paths(config).items():
         for path in paths:
             if not path.exists():
-                field = {"sharegpt": "sharegpt_path", "text": "text_paths", "passkey": "haystack_path"}[source]
-                raise DataError(f"{field}: {path} does not exist")
+                raise DataError(f"{PATH_FIELDS[source]}: {path} does not exist")
         sources[source] = {str(p): hash_path(p) for p in paths}
     inputs = {
         "format_version": FORMAT_VERSION,

@@ -3,10 +3,12 @@
 Layout of a prompt of `length` tokens (pieces are tokenized separately and concatenated, so
 token counts are exact):
 
-    intro | haystack[:cut] | needle("The pass key is 12345 ...") | haystack[cut:] | question
+    intro | haystack[:cut] | needle("The pass key is 12345 ...") | haystack[cut:] | question reply
 
 with `cut = round(depth * haystack_tokens)`: depth 0 puts the needle right after the intro,
-depth 1 right before the question. The answer (" 12345") follows the prompt.
+depth 1 right before the question. The answer (" 12345") follows the prompt. The wording is a
+`PasskeyTemplate`: training data uses `TRAIN_TEMPLATE`; the evaluation has its own
+(`lolcats_core.evaluation.passkey.EVAL_TEMPLATE`), wrapped in the tokenizer's chat template.
 """
 
 import random
@@ -20,14 +22,36 @@ from .assets import ESSAYS_DIR, asset_path
 from .errors import DataError
 from .sources import IGNORE_INDEX, Document, read_text_files
 
-INTRO = (
-    "There is an important piece of information hidden inside a lot of irrelevant text. "
-    "Find it and memorize it. I will quiz you about it.\n\n"
-)
-NEEDLE = "\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n"
-QUESTION = "\n\nWhat is the pass key? The pass key is"
 ANSWER = " {key}"
 STOP = "."  # ends a training answer, so the model learns to end the number (scored: the first number)
+_SLOT = "\x00"  # stands for the user's message while the chat template is rendered
+
+
+@dataclass(frozen=True)
+class PasskeyTemplate:
+    """The wording of a passkey prompt.
+
+    Attributes:
+        intro: text before the haystack.
+        needle: the sentence(s) holding the key (`{key}`), inserted into the haystack.
+        question: text after the haystack.
+        reply: opening of the answer, right before the key (plain text: after the question and
+            a space; chat: the start of the assistant's turn).
+    """
+
+    intro: str
+    needle: str
+    question: str
+    reply: str
+
+
+TRAIN_TEMPLATE = PasskeyTemplate(
+    intro="There is an important piece of information hidden inside a lot of irrelevant text. "
+    "Find it and memorize it. I will quiz you about it.\n\n",
+    needle="\n\nThe pass key is {key}. Remember it. {key} is the pass key.\n\n",
+    question="\n\nWhat is the pass key?",
+    reply="The pass key is",
+)
 
 
 @dataclass(frozen=True)
@@ -58,24 +82,38 @@ class PasskeyGenerator:
         haystack_path: essay file or folder of `*.txt`; None uses the bundled Paul Graham essays.
         digits: number of digits of the pass key.
         stop: end each answer with a full stop.
+        template: the wording (default: the training data's).
+        chat: render intro..question as a user turn and `reply` as the opening of the assistant
+            turn with the tokenizer's chat template; plain text when the tokenizer has none.
     """
 
     def __init__(self, tokenizer, haystack_path: str | Path | None = None, digits: int = 5,
-                 stop: bool = True) -> None:
+                 stop: bool = True, template: PasskeyTemplate = TRAIN_TEMPLATE, chat: bool = False) -> None:
         texts = read_text_files([haystack_path or asset_path(ESSAYS_DIR)])
         self.tokenizer = tokenizer
         self.digits = digits
+        self.template = template
         self.answer = ANSWER + (STOP if stop else "")
         self.haystack = np.asarray(self._encode(" ".join(t for _, t in texts)), dtype=np.int32)
-        self.intro = tokenizer(INTRO)["input_ids"]  # carries BOS where the tokenizer adds one
-        self.question = self._encode(QUESTION)
+        self.chat = bool(chat and getattr(tokenizer, "chat_template", None))
+        if self.chat:
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": _SLOT}], tokenize=False,
+                                                     add_generation_prompt=True)
+            before, found, after = rendered.partition(_SLOT)
+            if not found:
+                raise DataError("the tokenizer's chat template drops the user's message; cannot frame passkey prompts")
+            self.intro = self._encode(before + template.intro)  # the rendered text carries any BOS
+            self.question = self._encode(template.question + after + template.reply)
+        else:
+            self.intro = tokenizer(template.intro)["input_ids"]  # carries BOS where the tokenizer adds one
+            self.question = self._encode(f"{template.question} {template.reply}")
 
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def min_length(self, key: str | None = None) -> int:
         """Shortest prompt (no haystack) for a key of `digits` digits."""
-        needle = self._encode(NEEDLE.format(key=key or "9" * self.digits))
+        needle = self._encode(self.template.needle.format(key=key or "9" * self.digits))
         return len(self.intro) + len(needle) + len(self.question)
 
     def new_key(self, rng: random.Random) -> str:
@@ -90,7 +128,7 @@ class PasskeyGenerator:
         if not 0.0 <= depth <= 1.0:
             raise DataError(f"passkey depth must lie in [0, 1], got {depth!r}")
         key = key or self.new_key(rng)
-        needle = self._encode(NEEDLE.format(key=key))
+        needle = self._encode(self.template.needle.format(key=key))
         n_hay = length - len(self.intro) - len(needle) - len(self.question)
         if n_hay < 0:
             raise DataError(

@@ -15,7 +15,11 @@ class EvalConfig:
 
     Attributes:
         perplexity: token-weighted perplexity on the held-out rows passed to `evaluate_model`.
-        ppl_max_rows: evaluate at most this many held-out rows (None: all).
+        ppl_max_rows: evaluate at most this many held-out rows (None: all), and as many
+            out-of-distribution rows.
+        ood_perplexity: perplexity on rows of the run's sequence length cut from Shakespeare's
+            plays (`evaluation.ood`), text that no linearizing data source may use; the row
+            length is `evaluate_model`'s `seq_len` or that of its held-out rows.
         passkey: run passkey retrieval over `passkey_lengths` x `passkey_depths`.
         passkey_lengths: prompt lengths in tokens.
         passkey_depths: needle depths in [0, 1] (0: start of the haystack, 1: its end).
@@ -33,6 +37,7 @@ class EvalConfig:
 
     perplexity: bool = True
     ppl_max_rows: int | None = None
+    ood_perplexity: bool = True
     passkey: bool = True
     passkey_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192])
     passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])

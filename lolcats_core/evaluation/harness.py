@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from lm_eval.api.instance import Instance
+from lm_eval.api.metrics import mean, mean_stderr
 from lm_eval.api.model import LM
 from lm_eval.evaluator import evaluate
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -169,7 +170,9 @@ def run_lm_eval(
         per task: {"metrics": {name: value}, "primary_metric": name, "primary": value,
         "samples": documents scored, "num_fewshot": k}; MMLU's metrics are averaged over its
         subjects weighted by documents (as lm-eval's `mmlu` group does) and also listed per
-        subject under "subjects".
+        subject under "subjects". Every mean metric comes with `<name>_stderr` (lm-eval's
+        `mean_stderr` over all the task's documents); MMLU also has "letters", the count of
+        each predicted answer letter (`letter_counts`).
     """
     lm = HFCausalLM(model, tokenizer, batch_size=batch_size, progress=progress)
     report = {}
@@ -178,7 +181,7 @@ def run_lm_eval(
         for task in subtasks.values():
             task.set_fewshot_seed(seed)
         out = evaluate(
-            lm, {"tasks": subtasks, "groups": {}}, limit=limit, bootstrap_iters=0, log_samples=False
+            lm, {"tasks": subtasks, "groups": {}}, limit=limit, bootstrap_iters=0, log_samples=True
         )
         per_task = {
             sub: ({k.split(",")[0]: float(v) for k, v in out["results"][sub].items()
@@ -190,6 +193,11 @@ def run_lm_eval(
             metric: sum(m[metric] * n for m, n in per_task.values()) / samples
             for metric in next(iter(per_task.values()))[0]
         }
+        docs = [doc for sub in subtasks for doc in out["samples"][sub]]
+        aggregation = next(iter(subtasks.values())).aggregation()
+        if len(docs) > 1:  # lm-eval's closed-form standard error of a mean, over all the documents
+            metrics |= {f"{m}_stderr": mean_stderr([doc[m] for doc in docs])
+                        for m in metrics if aggregation.get(m) is mean}
         entry = {
             "metrics": metrics,
             "primary_metric": PRIMARY_METRIC[name],
@@ -199,6 +207,17 @@ def run_lm_eval(
         }
         if len(subtasks) > 1:
             entry["subjects"] = {sub: m[PRIMARY_METRIC[name]] for sub, (m, _) in per_task.items()}
+        if name == "mmlu":
+            entry["letters"] = letter_counts([[ll for ll, _ in doc["filtered_resps"]] for doc in docs])
         report[name] = entry
         logger.info("%s: %s=%.4f over %d documents", name, entry["primary_metric"], entry["primary"], samples)
     return report
+
+
+def letter_counts(loglikelihoods: Sequence[Sequence[float]], letters: str = "ABCD") -> dict[str, int]:
+    """How often each answer letter is predicted: the argmax of each question's choice
+    log-likelihoods, ties to the first (as lm-eval scores `acc`)."""
+    counts = dict.fromkeys(letters, 0)
+    for lls in loglikelihoods:
+        counts[letters[max(range(len(lls)), key=lls.__getitem__)]] += 1
+    return counts

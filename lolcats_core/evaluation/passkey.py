@@ -1,4 +1,9 @@
-"""Passkey retrieval over a grid of context lengths x needle depths (greedy decoding)."""
+"""Passkey retrieval over a grid of context lengths x needle depths (greedy decoding).
+
+The prompts use `EVAL_TEMPLATE`, wording that no training sample uses (training data has
+`lolcats_core.data.passkey.TRAIN_TEMPLATE`), so the score measures retrieval rather than a
+learnt format; they are framed by the tokenizer's chat template where it has one.
+"""
 
 import random
 import re
@@ -11,11 +16,18 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
-from ..data import PasskeyGenerator, check_fits
+from ..data import PasskeyGenerator, PasskeyTemplate, check_fits
 from .plots import plot_passkey_heatmap
 from .runtime import evaluating, model_device
 
 _NUMBER = re.compile(r"\d+")
+EVAL_TEMPLATE = PasskeyTemplate(
+    intro="Below is a long document. Somewhere inside it a secret number is written down; read the "
+    "document, then answer the question at its end.\n\n",
+    needle="\n\nA note for the reader: the secret number is {key}. Please keep the number {key} in mind.\n\n",
+    question="\n\nWhich secret number is written down in the document above?",
+    reply="The secret number is",
+)
 
 
 @dataclass
@@ -28,6 +40,7 @@ class PasskeyResult:
         trials: prompts per cell.
         predictions: per cell, the generated continuations (for inspection).
         keys: per cell, the keys asked for, in the order of `predictions`.
+        chat: the prompts were framed by the tokenizer's chat template.
     """
 
     lengths: list[int]
@@ -36,6 +49,7 @@ class PasskeyResult:
     trials: int
     predictions: dict[tuple[int, float], list[str]]
     keys: dict[tuple[int, float], list[str]]
+    chat: bool = False
 
     @property
     def accuracy(self) -> np.ndarray:
@@ -60,6 +74,7 @@ class PasskeyResult:
             "lengths": self.lengths,
             "depths": self.depths,
             "trials": self.trials,
+            "chat_template": self.chat,
             "by_length": {str(n): acc for n, acc in self.by_length().items()},
             "overall": float(self.accuracy.mean()),
             "table": self.table(),
@@ -86,8 +101,9 @@ def passkey_retrieval(
     """Greedy-decode the answer to passkey prompts; a trial counts if the first number
     generated equals the key exactly.
 
-    The prompts depend only on (tokenizer, haystack, seed, length, depth, trial), so teacher
-    and student see identical prompts. Each cell's `trials` prompts share one length and run
+    The prompts (`EVAL_TEMPLATE`, in the tokenizer's chat template where it has one) depend
+    only on (tokenizer, haystack, seed, length, depth, trial), so teacher and student see
+    identical prompts. Each cell's `trials` prompts share one length and run
     in batches of up to `batch_size` rows without padding.
 
     Raises:
@@ -97,7 +113,7 @@ def passkey_retrieval(
     max_positions = getattr(model.config, "max_position_embeddings", None)
     for n in lengths:
         check_fits(n, max_positions, field="passkey_lengths")
-    generator = PasskeyGenerator(tokenizer, haystack_path)
+    generator = PasskeyGenerator(tokenizer, haystack_path, template=EVAL_TEMPLATE, chat=True)
     device = model_device(model)
     eos = model.generation_config.eos_token_id or tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
@@ -124,4 +140,4 @@ def passkey_retrieval(
             correct[i, j] = sum(m is not None and m.group() == s.key for m, s in zip(found, samples))
             predictions[(lengths[j], depths[i])] = texts
             keys[(lengths[j], depths[i])] = [s.key for s in samples]
-    return PasskeyResult(list(lengths), list(depths), correct, trials, predictions, keys)
+    return PasskeyResult(list(lengths), list(depths), correct, trials, predictions, keys, generator.chat)

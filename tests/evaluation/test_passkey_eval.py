@@ -21,7 +21,7 @@ class Oracle(torch.nn.Module):
     def generate(self, input_ids, **kwargs):
         answers = []
         for row in input_ids:
-            key = re.search(r"pass key is (\d+)", self.tokenizer.decode(row)).group(1)
+            key = re.search(r"secret number is (\d+)", self.tokenizer.decode(row)).group(1)
             answers.append(self.tokenizer(f" {key}.")["input_ids"])
         width = max(map(len, answers))
         tail = torch.tensor([a + [a[-1]] * (width - len(a)) for a in answers])

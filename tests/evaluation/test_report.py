@@ -16,11 +16,11 @@ def heldout(tokenizer):
 
 
 def test_report_is_json_and_tables_compare_models(tiny_lm, tokenizer, heldout, tmp_path):
-    config = EvalConfig(passkey_lengths=[200], passkey_depths=[0.0, 1.0], passkey_trials=1,
+    config = EvalConfig(passkey_lengths=[200], passkey_depths=[0.0, 1.0], passkey_trials=1, ppl_max_rows=2,
                         tasks=["piqa", "winogrande"], limit=3, output_dir=str(tmp_path))  # fmt: skip
     report = evaluate_model(tiny_lm, tokenizer, config, heldout=heldout, name="tiny", progress=False)
     assert json.loads(json.dumps(report))["name"] == "tiny"
-    assert report["perplexity"]["tokens"] == 126
+    assert report["perplexity"]["tokens"] == 126 and report["ood_perplexity"]["tokens"] == 126
     assert set(report["lm_eval"]) == {"piqa", "winogrande"} and "zero_shot_average" not in report
     assert (tmp_path / "tiny_passkey.png").is_file()
 
@@ -29,8 +29,8 @@ def test_report_is_json_and_tables_compare_models(tiny_lm, tokenizer, heldout, t
     table = compare_reports(report, student)
     row = next(line for line in table.splitlines() if line.startswith("| held-out perplexity"))
     ppl = report["perplexity"]["perplexity"]
-    assert row == f"| held-out perplexity | {ppl:.2f} | {1.5 * ppl:.2f} | +{0.5 * ppl:.2f} |"
-    assert "| piqa (acc) |" in table and "| passkey 200 |" in table
+    assert row == f"| held-out perplexity | {ppl:.2f} | {1.5 * ppl:.2f} | +{0.5 * ppl:.2f} | 1.500 |"
+    assert "| piqa (acc) |" in table and "| passkey 200 |" in table and "| out-of-distribution perplexity |" in table
     wide = comparison_table({"teacher": report, "lolcats": student, "t2r": student})
     assert wide.splitlines()[0] == "| metric | teacher | lolcats | t2r |"
 
