@@ -1,12 +1,15 @@
-"""Quality benchmark: the LoLCATs recipe and the paper's ablation rows on the same data and budget.
+"""Quality benchmark: training-free baselines, the LoLCATs recipe, its ablations and its sink and
+gate variants, on the same data, budget and evaluation.
 
-    python benchmarks/quality.py all --out DIR [--profile gpu] [--set key=value ...]
+    python benchmarks/quality.py all --out DIR [--base configs/qwen2.5-0.5b.yaml] [--profile gpu]
+        [--rows teacher window lolcats ...] [--set key=value ...]
 
 Prepares the data once (`prepare` alone does only that), evaluates the teacher once, runs every
 row (stage 1, stage 2, student evaluation) as a separate process — dealt round-robin to the
 visible GPUs, at most --per-gpu at a time on each (default 1) — then writes DIR/results.md
 (the table, tokens, trainable parameters, wall time per stage, device, command) and
-DIR/results.json. Rows: configs/ablations/{t2r-swap,hedgehog-swap,hedgehog-window,lolcats}.yaml.
+DIR/results.json. Rows: the files configs/ablations/ROW.yaml, each laid over the --base config
+(the model's own config and profiles); the teacher is evaluated with the `lolcats` row's data.
 """
 
 import argparse
@@ -21,15 +24,15 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-ROWS = ["t2r-swap", "hedgehog-swap", "hedgehog-window", "lolcats"]
+ROWS = sorted(p.stem for p in (ROOT / "configs" / "ablations").glob("*.yaml"))
 ALL = ["teacher", *ROWS]
 
 
 def _cfg(row: str, args):
-    from lolcats_core.run_config import load_run_config
+    from lolcats_core.run_config import load_run_config, read_overlay
 
-    return load_run_config(ROOT / "configs" / "ablations" / f"{row}.yaml", args.profile,
-                           [f"output_dir={args.out}/runs", *args.set])
+    tree = read_overlay(ROOT / "configs" / "ablations" / f"{row}.yaml", Path(args.base))
+    return load_run_config(None, args.profile, [f"output_dir={args.out}/runs", *args.set], tree=tree)
 
 
 def cmd_row(args) -> None:
@@ -63,7 +66,7 @@ def cmd_report(args) -> None:
         if path.exists():
             rows[row] = json.loads(path.read_text())
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    cmd = "python benchmarks/quality.py all --out OUT --profile " + args.profile + "".join(
+    cmd = f"python benchmarks/quality.py all --out OUT --base {args.base} --profile {args.profile}" + "".join(
         f" --set {s}" for s in args.set) + ("" if args.rows == ALL else " --rows " + " ".join(args.rows)) + (
         f" --per-gpu {args.per_gpu}" if args.per_gpu != 1 else "")
     lines = ["| row | stage-1 tokens | stage-2 tokens | stage-1 trainable | stage-2 trainable | "
@@ -102,7 +105,8 @@ def cmd_all(args) -> None:
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `timeout`
     cmd_prepare(args)  # once, before the concurrent rows read it
-    common = ["--out", args.out, "--profile", args.profile] + [x for s in args.set for x in ("--set", s)]
+    common = ["--out", args.out, "--profile", args.profile, "--base", args.base] + [
+        x for s in args.set for x in ("--set", s)]
     gpus = torch.cuda.device_count()
     queues = _queues(list(args.rows), gpus)
     limit = args.per_gpu or len(args.rows)
@@ -142,6 +146,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--row", choices=ROWS)
     ap.add_argument("--profile", default="gpu")
+    ap.add_argument("--base", default=str(ROOT / "configs" / "smollm2-135m.yaml"),
+                    help="the model's config, under every row (default: configs/smollm2-135m.yaml)")
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--per-gpu", type=int, default=1,
                     help="processes at a time per GPU (0: every row at once; two gpu-profile trainings of "

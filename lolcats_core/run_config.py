@@ -155,6 +155,17 @@ def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     return _merge(read_yaml(path.parent / parent, seen + (path.resolve(),)), tree)
 
 
+def read_overlay(path: Path, base: Path) -> dict:
+    """Read an overlay config (e.g. an ablation row) onto `base` instead of the file it extends;
+    the name becomes "<base name>-<overlay name>"."""
+    tree = read_yaml(path)
+    over = yaml.safe_load(Path(path).read_text()) or {}
+    over.pop("extends", None)
+    merged = _merge(read_yaml(Path(base)), over)
+    merged["name"] = f"{read_yaml(Path(base))['name']}-{tree['name']}"
+    return merged
+
+
 def load_run_config(path: str | Path | None = None, profile: str | None = None,
                     overrides: list[str] = (), tree: dict | None = None) -> RunConfig:
     """Read a YAML run config, apply a profile and overrides, validate every section."""
