@@ -93,7 +93,7 @@ def test_prefect_yaml_deploys_as_written(stack, tmp_path):
     from prefect.deployments import run_deployment
 
     text = (REPO / "deploy" / "prefect.yaml").read_text()
-    assert text.count("entrypoint: flows/linearize.py:linearize") == 4
+    assert text.count("entrypoint: flows/linearize.py:linearize") == 5
     cfg = tmp_path / "prefect.yaml"
     cfg.write_text(text.replace("flows/linearize.py:linearize",
                                 "tests/service/test_prefect.py:linearize_stand_in"))
@@ -104,7 +104,8 @@ def test_prefect_yaml_deploys_as_written(stack, tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
 
-    expected = {"llama3-8b": "gpu", "mistral-7b": "gpu", "llama3.2-1b": "gpu", "smollm2-135m": "local"}
+    expected = {"llama3-8b": "gpu", "mistral-7b": "gpu", "llama3.2-1b": "gpu", "qwen2.5-0.5b": "gpu",
+                "smollm2-135m": "local"}
     profiles = {"smollm2-135m": "cpu-smoke"}
     with get_client(sync_client=True) as client:
         for name, pool in expected.items():
