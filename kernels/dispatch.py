@@ -76,10 +76,31 @@ def _attention_reason(q, k, v, qf, kf) -> str | None:
     return reason
 
 
+_MAX_SINKS = 16  # one tile of sink keys (hybrid_attention/triton_fwd.py SINK_TILE)
+
+
 def _extras_reason(sinks: int, log_gate) -> str | None:
-    """Why the kernels cannot take the attention sinks or the gate (None if neither is used)."""
-    if sinks or log_gate is not None:
-        return "attention sinks and gated states are not in the Triton kernels yet"
+    """Why the attention kernels cannot take these attention sinks or the gate (None if they can)."""
+    if sinks > _MAX_SINKS:
+        return f"more than {_MAX_SINKS} attention sinks are not in the Triton kernels"
+    if log_gate is not None:
+        return "gated states are not in the Triton kernels yet"
+    return None
+
+
+def _decode_extras_reason(win_k, sink_state: SinkState | None, log_gate, win_decay) -> str | None:
+    """Why the decode kernel cannot take this sink state or gate (None if it can)."""
+    if sink_state is not None:
+        win_sink, sink_k, sink_v, sink_valid, seen_valid = sink_state
+        if win_sink.dtype != torch.bool or sink_valid.dtype != torch.bool or seen_valid.dtype != torch.int64:
+            return "win_sink and sink_valid must be bool, seen_valid int64"
+        if sink_k.dtype != win_k.dtype or sink_v.dtype != win_k.dtype:
+            return "the sink buffer must have the window's dtype"
+        if not all(x.is_contiguous() for x in sink_state):
+            return "the decode state must be contiguous (it is updated in place)"
+    if log_gate is not None and win_k.shape[2] > 0:
+        if win_decay is None or win_decay.dtype != torch.float32 or not win_decay.is_contiguous():
+            return "a gated decode step needs a contiguous fp32 win_decay"
     return None
 
 
@@ -108,7 +129,8 @@ def hybrid_attention(
         if reason is None:
             from .hybrid_attention.triton_function import hybrid_attention_triton
 
-            return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale, key_valid)
+            return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale, key_valid,
+                                           sinks=sinks, sink_bias=sink_bias)
         _warn_once(reason)
     return hybrid_attention_chunked(q, k, v, qf, kf, gamma, window, linear, scale, key_valid,
                                     sinks=sinks, sink_bias=sink_bias, log_gate=log_gate)
@@ -141,7 +163,7 @@ def hybrid_decode_step(
     tensor, which keeps the step free of host syncs (CUDA graphs)."""
     extras = dict(sink_state=sink_state, sink_bias=sink_bias, log_gate=log_gate, win_decay=win_decay)
     if _wants_triton(q):
-        reason = _extras_reason(0 if sink_state is None else sink_state.sinks, log_gate) or _common_reason(q, k, kf_fold, {"q, k, v, window": (q, k, v, win_k, win_v),
+        reason = _common_reason(q, k, kf_fold, {"q, k, v, window": (q, k, v, win_k, win_v),
                                                 "qf, kf_fold": (qf, kf_fold)})
         if reason is None and (S.dtype != torch.float32 or z.dtype != torch.float32):
             reason = "decode state S, z must be fp32"
@@ -151,11 +173,12 @@ def hybrid_decode_step(
             reason = "win_valid and valid must be bool"
         if reason is None and not all(x.is_contiguous() for x in (win_k, win_v, win_valid, S, z)):
             reason = "the decode state must be contiguous (it is updated in place)"
+        reason = reason or _decode_extras_reason(win_k, sink_state, log_gate, win_decay)
         if reason is None:
             from .hybrid_decode.triton_step import hybrid_decode_step_triton
 
             return hybrid_decode_step_triton(q, k, v, qf, kf_fold, gamma, win_k, win_v, win_valid,
-                                             S, z, pos, valid, linear, scale)
+                                             S, z, pos, valid, linear, scale, **extras)
         _warn_once(reason)
     if torch.is_tensor(pos):
         pos = int(pos)

@@ -9,6 +9,14 @@ With y_i = sum_j W_ij v_j / den_i, W_ij = gamma e^{s_ij - c_i} [window] + e^{-c_
     dp_ij = dW_ij e^{-c_i}              ->  dqf_i = sum_j dp_ij kf_j,     dkf_j = sum_i dp_ij qf_i
     dgamma_h = sum_ij dW_ij e^{s_ij - c_i}
 
+Attention sinks: the sink keys' scores carry sink_bias (d sink_bias_h = sum of ds_ij over the
+sink entries, window or sink tile). The dq kernel also handles the sink tile (sinks older than
+the window): dq, dgamma and d sink_bias as for window keys, and, per query block, partial
+dk, dv of the sink keys ((B, H, N, SINKS, D) fp32), which `attention_bwd` sums over the blocks
+and the heads of a group and adds at the sinks' positions. The dk/dv kernel treats a sink key
+inside the window as a window key (with its bias) and keeps sinks out of dkf and of the linear
+part of dv.
+
 Near key blocks are rebuilt tile by tile as in the forward; the far (state) part uses the
 forward states h, z (kept from the forward) for dqf and the reverse states dh, dz for dkf, dv
 (`triton_state.py`).
@@ -24,6 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_fwd import SINK_TILE, sink_positions
 from .triton_varlen import VarlenChunks, seq_chunk
 
 
@@ -41,9 +50,11 @@ def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, B
 @triton.jit
 def _bwd_dq_kernel(
     q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, lin_e, delta, dq, dqf, dg, chunk_indices, cu_seqlens,
+    sink_pos, sink_bias, dks, dvs, dbias,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     i_bh, i_t = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -88,6 +99,29 @@ def _bwd_dq_kernel(
         b_dqf += tl.dot((b_do * b_u[:, None]).to(b_h.dtype), tl.trans(b_h))
         b_dqf -= (b_u * b_delta)[:, None] * b_z[None, :]
 
+    b_db = tl.zeros([BT], dtype=tl.float32)  # d sink_bias: sum of ds over the sink entries
+    if SINKS > 0:  # the sink tile (sinks older than the window), and its keys' partial dk, dv
+        p_s = sink_positions(sink_pos, i_b, L, SINKS, BS, HAS_VALID)
+        s_last = tl.max(p_s, 0)
+        b_bias = 0.0
+        if HAS_BIAS:
+            b_bias = tl.load(sink_bias + i_h).to(tl.float32)
+        m_s = p_s >= 0
+        b_ks = tl.load(k + p_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0)
+        b_vs = tl.load(v + p_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0)
+        vis = (o_i[:, None] - p_s[None, :] >= W) & m_s[None, :]
+        b_ew = tl.where(vis, tl.exp(tl.dot(b_q, tl.trans(b_ks)) * scale + b_bias - b_c[:, None]), 0.0)
+        b_dw = (tl.dot(b_do, tl.trans(b_vs.to(b_do.dtype))) - b_delta[:, None]) * b_inv[:, None]
+        b_ds = b_dw * b_ew * b_g
+        b_dg += tl.sum(b_dw * b_ew, 1)
+        b_db += tl.sum(b_ds, 1)
+        b_dq += tl.dot(b_ds.to(b_ks.dtype), b_ks)
+        o_s = tl.arange(0, BS)
+        p_part = (i_bh.to(tl.int64) * N + i_t) * SINKS * D + o_s[:, None] * D + o_d[None, :]
+        m_part = (o_s < SINKS)[:, None] & m_d[None, :]
+        tl.store(dks + p_part, tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q) * scale, mask=m_part)
+        tl.store(dvs + p_part, tl.dot(tl.trans(b_ew * (b_g * b_inv)[:, None]).to(b_do.dtype), b_do), mask=m_part)
+
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
         o_j = j * BT + tl.arange(0, BT)
         m_j = o_j < L
@@ -97,14 +131,26 @@ def _bwd_dq_kernel(
         b_v = tl.load(v + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
         diff = o_i[:, None] - o_j[None, :]
         win = (diff >= 0) & (diff < W) & m_j[None, :]
-        b_ew = tl.where(win, tl.exp(tl.dot(b_q, tl.trans(b_k)) * scale - b_c[:, None]), 0.0)
+        m_lin = m_j
+        if SINKS > 0:
+            snk = m_j & (o_j <= s_last)
+            m_lin = m_j & ~snk
+            if HAS_BIAS:
+                b_ew = tl.where(win, tl.exp(tl.dot(b_q, tl.trans(b_k)) * scale
+                                            + tl.where(snk, b_bias, 0.0)[None, :] - b_c[:, None]), 0.0)
+            else:
+                b_ew = tl.where(win, tl.exp(tl.dot(b_q, tl.trans(b_k)) * scale - b_c[:, None]), 0.0)
+        else:
+            b_ew = tl.where(win, tl.exp(tl.dot(b_q, tl.trans(b_k)) * scale - b_c[:, None]), 0.0)
         b_dw = (tl.dot(b_do, tl.trans(b_v.to(b_do.dtype))) - b_delta[:, None]) * b_inv[:, None]
         b_dg += tl.sum(b_dw * b_ew, 1)
         b_dq += tl.dot((b_dw * b_ew * b_g).to(b_k.dtype), b_k)
+        if HAS_BIAS:
+            b_db += tl.sum(tl.where(snk[None, :], b_dw * b_ew * b_g, 0.0), 1)
         if LINEAR:
             if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
-                b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
-                lin = (diff >= W) & m_j[None, :]
+                b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_lin[:, None] & m_f[None, :], other=0)
+                lin = (diff >= W) & m_lin[None, :]
                 b_dp = tl.where(lin, b_dw * b_e[:, None], 0.0)
                 b_dqf += tl.dot(b_dp.to(b_kf.dtype), b_kf)
 
@@ -112,14 +158,18 @@ def _bwd_dq_kernel(
     if LINEAR:
         tl.store(dqf + p_qf, b_dqf.to(dqf.dtype.element_ty), mask=m_qf)
     tl.store(dg + i_bh.to(tl.int64) * N + i_t, tl.sum(b_dg, 0))
+    if HAS_BIAS:
+        tl.store(dbias + i_bh.to(tl.int64) * N + i_t, tl.sum(b_db, 0))
 
 
 @triton.jit
 def _bwd_dkv_kernel(
     q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta, dk, dv, dkf, chunk_indices, cu_seqlens,
+    sink_pos, sink_bias,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     i_bg, i_s = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
     i_t, i_sub = i_s // (BT // BK), i_s % (BT // BK)  # key tile i_sub (BK keys) of block i_t
@@ -139,6 +189,10 @@ def _bwd_dkv_kernel(
     m_j, m_d, m_f = o_j < L, o_d < D, o_f < F
     if HAS_VALID:
         m_j &= tl.load(valid + i_b.to(tl.int64) * T + o_j, mask=o_j < T, other=0) != 0
+    m_lin = m_j  # keys that can be linear: not sinks
+    if SINKS > 0:
+        snk = m_j & (o_j <= tl.max(sink_positions(sink_pos, i_b, L, SINKS, BS, HAS_VALID), 0))
+        m_lin = m_j & ~snk
     p_kd = i_bg.to(tl.int64) * T * D + o_j[:, None] * D + o_d[None, :]
     m_kd, m_kf = (o_j < L)[:, None] & m_d[None, :], (o_j < L)[:, None] & m_f[None, :]
     b_k = tl.load(k + p_kd, mask=m_j[:, None] & m_d[None, :], other=0)
@@ -151,7 +205,7 @@ def _bwd_dkv_kernel(
         b_dkf = tl.zeros([BK, BF], dtype=tl.float32)
         if LINEAR:
             p_kf = i_hk * T * F + o_j[:, None] * F + o_f[None, :]
-            b_kf = tl.load(kf + p_kf, mask=m_j[:, None] & m_f[None, :], other=0)
+            b_kf = tl.load(kf + p_kf, mask=m_lin[:, None] & m_f[None, :], other=0)
             p_state = i_hk * N + i_t
             b_dh = tl.load(dh + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                            mask=m_f[:, None] & m_d[None, :], other=0)
@@ -162,6 +216,8 @@ def _bwd_dkv_kernel(
             i_h = i_g * RK * RQ + rk * RQ + rq
             i_bh = (i_b * H + i_h).to(tl.int64)
             b_g = tl.load(gamma + i_h).to(tl.float32)
+            if HAS_BIAS:
+                b_kb = tl.where(snk, tl.load(sink_bias + i_h).to(tl.float32), 0.0)  # per-key score offset
             for n in range(i_c, tl.minimum(i_c + DELTA, NL - 1) + 1):
                 o_i = n * BT + tl.arange(0, BT)
                 m_i = o_i < L
@@ -175,7 +231,10 @@ def _bwd_dkv_kernel(
                 # tiles are transposed: rows are keys j, columns queries i
                 diff = o_i[None, :] - o_j[:, None]
                 win = (diff >= 0) & (diff < W) & m_j[:, None]
-                b_ew = tl.where(win, tl.exp(tl.dot(b_k, tl.trans(b_q)) * scale - b_c[None, :]), 0.0)
+                if HAS_BIAS:
+                    b_ew = tl.where(win, tl.exp(tl.dot(b_k, tl.trans(b_q)) * scale + b_kb[:, None] - b_c[None, :]), 0.0)
+                else:
+                    b_ew = tl.where(win, tl.exp(tl.dot(b_k, tl.trans(b_q)) * scale - b_c[None, :]), 0.0)
                 b_w = b_g * b_ew
                 b_dw = (tl.dot(b_v.to(b_do.dtype), tl.trans(b_do)) - b_delta[None, :]) * b_inv[None, :]
                 b_dk += tl.dot((b_dw * b_w).to(b_q.dtype), b_q)
@@ -183,14 +242,14 @@ def _bwd_dkv_kernel(
                     if (n - i_c) * BT + BT - 1 - i_sub * BK >= W:  # some queries see some keys as linear
                         b_qf = tl.load(qf + i_bh * T * F + o_i[:, None] * F + o_f[None, :],
                                        mask=m_i[:, None] & m_f[None, :], other=0)
-                        lin = (diff >= W) & m_j[:, None]
+                        lin = (diff >= W) & m_lin[:, None]
                         b_e = tl.load(lin_e + p_row, mask=m_i, other=0)
                         b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
                         b_dp = tl.where(lin, b_dw * b_e[None, :], 0.0)
                         b_dkf += tl.dot(b_dp.to(b_qf.dtype), b_qf)
                 b_dv += tl.dot((b_w * b_inv[None, :]).to(b_do.dtype), b_do)
         if LINEAR:
-            b_dkf = tl.where(m_j[:, None], b_dkf, 0.0)
+            b_dkf = tl.where(m_lin[:, None], b_dkf, 0.0)
             tl.store(dkf + i_hk * T * F + o_j[:, None] * F + o_f[None, :],
                      b_dkf.to(dkf.dtype.element_ty), mask=m_kf)
     tl.store(dk + p_kd, (b_dk * scale).to(dk.dtype.element_ty), mask=m_kd)
@@ -249,7 +308,9 @@ def dkv_launch_for(BK: int) -> tuple[int, int]:
 def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_valid, reverse_states,
                   window: int, linear: bool, scale: float, delta: int, chunk: int,
                   varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] | None = None,
-                  dkv_launch: tuple[int, int] | None = None, dkv_split: int | None = None):
+                  dkv_launch: tuple[int, int] | None = None, dkv_split: int | None = None,
+                  sinks: int = 0, sink_pos: torch.Tensor | None = None,
+                  sink_bias: torch.Tensor | None = None, sink_index: torch.Tensor | None = None):
     """Gradients of the hybrid attention.
 
     Args:
@@ -261,8 +322,12 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
         dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels (None picks
             `dq_launch_for` / `dkv_launch_for`).
         dkv_split: key tiles per block in the dk/dv kernel (None: `dkv_split_for(chunk)`).
+        sinks, sink_pos, sink_bias: as `attention_fwd`.
+        sink_index: with sinks, (B or number of sequences, sinks) int64 flat index into
+            (B * T) of each sink key (its row's or sequence's), -1 for none.
     Returns:
-        dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32.
+        dq, dk, dv, dqf, dkf (dqf, dkf None when not linear), dgamma (H,) fp32, dsink_bias (H,)
+        fp32 or None.
     """
     B, H, T, D = q.shape
     Hkv, Hk, F = k.shape[1], kf.shape[1], qf.shape[-1]
@@ -280,17 +345,49 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
     valid = key_valid if key_valid is not None else q
     seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
-                  IS_VARLEN=varlen is not None)
+                  IS_VARLEN=varlen is not None, SINKS=sinks, BS=SINK_TILE, HAS_BIAS=sink_bias is not None)
+    sink_args = (sink_pos if sink_pos is not None else q, sink_bias if sink_bias is not None else gamma)
+    dks = dvs = dbias = dg
+    if sinks:  # per query block: partial dk, dv of the sink tile's keys
+        dks = q.new_zeros(B, H, N, sinks, D, dtype=torch.float32)
+        dvs = torch.zeros_like(dks)
+        if sink_bias is not None:
+            dbias = torch.empty_like(dg)
     _bwd_dq_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, lin_e, delta_rows, dq,
-        dqf if linear else dq, dg, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, **consts,
+        dqf if linear else dq, dg, *seq_args, *sink_args, dks, dvs, dbias,
+        scale, T, N, window, delta, H, Hkv, Hk, **consts,
         num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
     split = dkv_split or dkv_split_for(chunk)
     dkv_launch = dkv_launch or dkv_launch_for(chunk // split)
     _bwd_dkv_kernel[(B * Hkv, N * split)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta_rows, dk, dv,
-        dkf if linear else dk, *seq_args, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split, **consts,
-        num_warps=dkv_launch[0], num_stages=dkv_launch[1],
+        dkf if linear else dk, *seq_args, *sink_args, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split,
+        **consts, num_warps=dkv_launch[0], num_stages=dkv_launch[1],
     )
-    return dq, dk, dv, dqf, dkf, dg.sum((0, 2))
+    dsink_bias = None
+    if sinks:
+        dk, dv = _add_sink_partials(dk, dks, sink_index, varlen), _add_sink_partials(dv, dvs, sink_index, varlen)
+        if sink_bias is not None:
+            dsink_bias = dbias.sum((0, 2))
+    return dq, dk, dv, dqf, dkf, dg.sum((0, 2)), dsink_bias
+
+
+def _add_sink_partials(dx: torch.Tensor, part: torch.Tensor, sink_index: torch.Tensor,
+                       varlen: VarlenChunks | None) -> torch.Tensor:
+    """dx (B, Hkv, T, D) plus the sink keys' per-block partials part (B, H, N, S, D) fp32, summed
+    over the blocks of each row (or sequence) and the query heads of each K/V head."""
+    B, Hkv, T, D = dx.shape
+    H, S = part.shape[1], part.shape[3]
+    if varlen is None:
+        part = part.sum(2)  # (B, H, S, D)
+    else:  # blocks of each sequence: (1, H, NT, S, D) -> (num_seqs, H, S, D)
+        seq = varlen.chunk_indices[:, 0].long()
+        part = part.new_zeros(1, H, varlen.num_seqs, S, D).index_add_(2, seq, part)[0].transpose(0, 1)
+    part = part.view(part.shape[0], Hkv, H // Hkv, S, D).sum(2)  # (B | seqs, Hkv, S, D)
+    ok = sink_index >= 0  # (B | seqs, S); sink positions are distinct
+    index = sink_index[ok]
+    rows, pos = index // T, index % T
+    dx[rows, :, pos] = (dx[rows, :, pos].float() + part.transpose(1, 2)[ok]).to(dx.dtype)
+    return dx

@@ -12,6 +12,14 @@ exactly exp(-c_i), and the largest term is 1 however negative the scores.
 Packed sequences (`IS_VARLEN`, `triton_varlen.py`): a program's block lies in one sequence and
 its positions, masks and states are those of that sequence alone.
 
+Attention sinks (`SINKS` > 0, at most 16): the first SINKS valid keys of each row (or of each
+packed sequence) stay in the softmax term for every query. Their positions come as one tile of
+BS = 16 keys (`sink_positions`: computed here without padding, given by the host as a (B, BS)
+int32 tensor with left padding, -1 for an empty slot); query i reads sink p through that
+tile when p <= i - w (inside the window it is an ordinary window key), with the per-head logit
+`sink_bias` added to its score in either place. Sinks never enter the linear part: they are
+masked out of the near blocks' linear terms as of the states (`triton_state.py`).
+
 Saved for backward, per row (fp32): c_i, 1 / den_i and the linear factor e_i = exp(-c_i) (0 for
 a row without linear keys, as in the reference), which is all the backward needs to rebuild
 every weight.
@@ -25,14 +33,29 @@ from .naive import MAX_SHIFT
 from .triton_varlen import VarlenChunks, seq_chunk
 
 NEG = -1.0e30  # the running shift before any term: exp(NEG - finite) = 0, exp(NEG - NEG) = 1
+SINK_TILE = 16  # sink keys per row the kernels take (one tile: tl.dot needs 16)
+
+
+@triton.jit
+def sink_positions(sink_pos, i_b, L, SINKS: tl.constexpr, BS: tl.constexpr, HAS_VALID: tl.constexpr):
+    """(BS,) int32 positions of the row's sink keys (local to a packed sequence), -1 for none:
+    the first min(SINKS, L) positions, or, with key_valid, those the host wrote to sink_pos."""
+    o_s = tl.arange(0, BS)
+    if HAS_VALID:
+        p = tl.load(sink_pos + i_b.to(tl.int64) * BS + o_s)
+    else:
+        p = tl.where(o_s < tl.minimum(L, SINKS), o_s, -1)
+    return p
 
 
 @triton.jit
 def _fwd_kernel(
     q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den, lin_e, chunk_indices, cu_seqlens,
+    sink_pos, sink_bias,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
+    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     i_bh, i_t = tl.program_id(0), tl.program_id(1)  # B*H on axis 0: axes 1-2 stop at 65535
     i_b, i_h = i_bh // H, i_bh % H
@@ -83,6 +106,24 @@ def _fwd_kernel(
         b_den = tl.where(b_far > 0, 1.0, 0.0)
         b_lin = (b_far > 0).to(tl.int32)
 
+    if SINKS > 0:  # the sink tile: sinks older than the window, softmax terms only
+        p_s = sink_positions(sink_pos, i_b, L, SINKS, BS, HAS_VALID)
+        s_last = tl.max(p_s, 0)  # keys up to here (valid ones) are sinks
+        b_bias = 0.0
+        if HAS_BIAS:
+            b_bias = tl.load(sink_bias + i_h).to(tl.float32)
+        m_s = p_s >= 0
+        b_ks = tl.load(k + p_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0)
+        b_vs = tl.load(v + p_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0)
+        vis = (o_i[:, None] - p_s[None, :] >= W) & m_s[None, :]
+        b_ss = tl.where(vis, tl.dot(b_q, tl.trans(b_ks)) * scale + b_bias, float("-inf"))
+        b_mn = tl.maximum(b_m, tl.max(b_ss, 1))
+        b_w = b_g * tl.exp(b_ss - b_mn[:, None])
+        b_alpha = tl.exp(b_m - b_mn)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_vs.dtype), b_vs)
+        b_den = b_den * b_alpha + tl.sum(b_w, 1)
+        b_m = b_mn
+
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
         o_j = j * BT + tl.arange(0, BT)
         m_j = o_j < L
@@ -92,12 +133,22 @@ def _fwd_kernel(
         b_v = tl.load(v + o_j[:, None] * D + o_d[None, :], mask=m_j[:, None] & m_d[None, :], other=0)
         diff = o_i[:, None] - o_j[None, :]
         win = (diff >= 0) & (diff < W) & m_j[None, :]
-        b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
+        m_lin = m_j
+        if SINKS > 0:
+            snk = m_j & (o_j <= s_last)
+            m_lin = m_j & ~snk
+            if HAS_BIAS:
+                b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale + tl.where(snk, b_bias, 0.0)[None, :],
+                               float("-inf"))
+            else:
+                b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
+        else:
+            b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
         b_mn = tl.maximum(b_m, tl.max(b_s, 1))
         if LINEAR:
             if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
-                b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_j[:, None] & m_f[None, :], other=0)
-                lin = (diff >= W) & m_j[None, :]
+                b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_lin[:, None] & m_f[None, :], other=0)
+                lin = (diff >= W) & m_lin[None, :]
                 b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
                 b_psum = tl.sum(b_p, 1)
                 b_lin = tl.maximum(b_lin, (b_psum > 0).to(tl.int32))
@@ -123,7 +174,8 @@ def _fwd_kernel(
 
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,
                   scale: float, delta: int, chunk: int, varlen: VarlenChunks | None = None,
-                  num_warps: int = 4, num_stages: int = 1):
+                  num_warps: int = 4, num_stages: int = 1, sinks: int = 0,
+                  sink_pos: torch.Tensor | None = None, sink_bias: torch.Tensor | None = None):
     """Launch the forward kernel.
 
     Args:
@@ -131,6 +183,9 @@ def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: 
             contiguous; gamma: (H,) fp32; h: (B, Hk, N, F, D), z: (B, Hk, N, F) from
             `state_fwd` (any tensors when not linear); key_valid: (B, T) int8 or None.
         varlen: packed sequences (B = 1, key_valid None), or None.
+        sinks: sink keys per row (<= SINK_TILE); sink_pos: (B, SINK_TILE) int32 positions of
+            the row's sinks, -1 for none (needed with key_valid only); sink_bias: (H,) fp32 or
+            None.
     Returns:
         o: (B, H, T, D) in q's dtype; cs, inv_den, lin_e: (B, H, T) fp32.
     """
@@ -143,9 +198,11 @@ def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: 
     seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     _fwd_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den, lin_e, *seq_args,
+        sink_pos if sink_pos is not None else q, sink_bias if sink_bias is not None else gamma,
         scale, T, N, window, delta, H, k.shape[1], kf.shape[1],
         D=D, F=F, BT=chunk, BD=max(16, triton.next_power_of_2(D)), BF=max(16, triton.next_power_of_2(F)),
         LINEAR=linear, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
+        SINKS=sinks, BS=SINK_TILE, HAS_BIAS=sink_bias is not None,
         num_warps=num_warps, num_stages=num_stages,
     )
     return o, cs, inv_den, lin_e

@@ -14,6 +14,9 @@ carries the gradient of every far query back to key chunk c. With grouped key ma
 the sums also run over the H / Hk query heads of a key head: the kernel runs one program per
 query head and `state_bwd` adds up the heads of each group.
 
+Attention sinks (`SINKS` > 0) never enter the forward states: the state kernel masks them out
+like padding keys (`triton_fwd.sink_positions`).
+
 Packed sequences (`IS_VARLEN`): one program per (sequence, head) runs these recurrences over
 the blocks of its sequence alone, so both states start from zero at each sequence.
 """
@@ -22,14 +25,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_fwd import SINK_TILE, sink_positions
 from .triton_varlen import VarlenChunks, seq_bounds
 
 
 @triton.jit
 def _state_fwd_kernel(
-    kf, v, valid, cu_seqlens, chunk_offsets, h, z, T, N, DELTA, HK, RK,
+    kf, v, valid, cu_seqlens, chunk_offsets, h, z, sink_pos, T, N, DELTA, HK, RK,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr, SINKS: tl.constexpr, BS: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
@@ -54,6 +58,10 @@ def _state_fwd_kernel(
     p_h = o_k[:, None] * D + o_v[None, :]
     m_h = m_k[:, None] & m_v[None, :]
 
+    s_last = -1  # keys up to here (valid ones) are sinks
+    if SINKS > 0:
+        s_last = tl.max(sink_positions(sink_pos, i_b, L, SINKS, BS, HAS_VALID), 0)
+
     b_h = tl.zeros([BK, BV], dtype=tl.float32)
     b_z = tl.zeros([BK], dtype=tl.float32)
     for n in range(0, tl.minimum(DELTA + 1, NL)):
@@ -65,6 +73,8 @@ def _state_fwd_kernel(
         m_t = o_t < L
         if HAS_VALID:
             m_t &= tl.load(valid + i_b.to(tl.int64) * T + o_t, mask=m_t, other=0) != 0
+        if SINKS > 0:
+            m_t &= o_t > s_last
         b_kf = tl.load(kf + o_t[:, None] * F + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_v = tl.load(v + o_t[:, None] * D + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_h += tl.dot(tl.trans(b_kf), b_v.to(b_kf.dtype))
@@ -138,13 +148,15 @@ def _layout(x: torch.Tensor, chunk: int, varlen: VarlenChunks | None) -> tuple[i
     return varlen.num_chunks, varlen.num_seqs, (varlen.cu_seqlens, varlen.chunk_offsets)
 
 
-def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen: VarlenChunks | None = None):
-    """Prefix states per query block.
+def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen: VarlenChunks | None = None,
+              sinks: int = 0, sink_pos: torch.Tensor | None = None):
+    """Prefix states per query block (without the sink keys).
 
     Args:
         kf: (B, Hk, T, F) contiguous; v: (B, Hkv, T, D) contiguous, Hk a multiple of Hkv.
         key_valid: (B, T) int8 or None (None when varlen).
         varlen: packed sequences (B = 1), or None.
+        sinks, sink_pos: as `attention_fwd`.
     Returns:
         h: (B, Hk, N, F, D) in kf's dtype; z: (B, Hk, N, F) fp32; N = NT when varlen.
     """
@@ -157,8 +169,9 @@ def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen
     grid = (programs * Hk, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_fwd_kernel[grid](
         kf, v, key_valid if key_valid is not None else kf, *seq_args, h, z,
-        T, N, delta, Hk, Hk // num_heads_v,
+        sink_pos if sink_pos is not None else kf, T, N, delta, Hk, Hk // num_heads_v,
         F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
+        SINKS=sinks, BS=SINK_TILE,
         num_warps=4,
     )
     return h, z

@@ -215,3 +215,114 @@ def test_very_negative_scores(offset, dtype):
     else:  # fp16 keys of magnitude 7.5 whose common part cancels in dq: only y is comparable
         assert all(torch.isfinite(x).all() for x in outs)
         assert rel_err(outs[0], refs[0], 1e-2 * refs[0].numel() ** 0.5) < 1e-2
+
+
+# --- attention sinks -------------------------------------------------------------------------
+
+def sink_padding(B, T):
+    """Left padding that puts the sinks across a block edge (row 0: 14 pads, a hole at 16 among
+    the sinks), a row with fewer valid keys than sinks (row 1: the last 3), full rows after."""
+    key_valid = torch.ones(B, T, dtype=torch.bool, device=DEVICE)
+    key_valid[0, :14] = False
+    key_valid[0, 16] = False
+    if B > 1:
+        key_valid[1, : T - 3] = False
+    return key_valid
+
+
+def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_seqlens=None):
+    """Outputs and gradients (incl. d sink_bias) of the kernel and of the fp32 reference."""
+    H = inputs[0].shape[1]
+    sink_bias = torch.randn(H, device=DEVICE) if bias else None
+    leaves = list(inputs) + ([sink_bias] if bias else [])
+    xs = [x.detach().clone().requires_grad_() for x in leaves]
+    refs = [x.detach().float().clone().requires_grad_() for x in leaves]
+    y = hybrid_attention_triton(*xs[:6], window, linear, None, key_valid, chunk, cu_seqlens, sinks=sinks,
+                                sink_bias=xs[6] if bias else None)
+    extra = lambda r: dict(sinks=sinks, sink_bias=r[6] if bias else None)  # noqa: E731
+    if cu_seqlens is None:
+        y_ref = hybrid_attention_naive(*refs[:6], window, linear, None, key_valid, **extra(refs))
+    else:
+        parts = [slice(int(a), int(b)) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]) if b > a]
+        y_ref = torch.cat([hybrid_attention_naive(*(x[:, :, p] for x in refs[:5]), refs[5], window, linear,
+                                                  **extra(refs)) for p in parts], 2)
+    do = torch.randn_like(y_ref)
+    (y.float() * do).sum().backward()
+    (y_ref * do).sum().backward()
+    grads = [x.grad if x.grad is not None else torch.zeros_like(x) for x in xs]
+    return [y] + grads, [y_ref] + [r.grad for r in refs]
+
+
+def check_sinks(outs, refs, tol):
+    """`check`, plus d sink_bias (a sum over O(T) entries per query, like dgamma)."""
+    check(outs[:7], refs[:7], tol)
+    if len(outs) > 7:
+        T = outs[0].shape[2]
+        floor = 1e-2 * refs[7].numel() ** 0.5 * T * (10 if CUDA else 2)
+        assert torch.isfinite(outs[7]).all()
+        assert rel_err(outs[7], refs[7], floor) < tol, ("dsink_bias", rel_err(outs[7], refs[7], floor))
+
+
+SINK_CASES = [  # B, H, Hkv, Hk, T, window, linear, padding, sinks, bias
+    (2, 2, 2, 2, 50, 5, True, False, 4, True),  # sinks in the far state, MHA
+    (1, 4, 2, 2, 50, 20, True, False, 1, True),  # one sink, GQA 2, window over 2 blocks
+    (3, 4, 2, 4, 60, 7, True, True, 4, True),  # left padding: sinks across a block edge, a row with 3 valid keys
+    (1, 6, 2, 2, 45, 16, True, False, 4, False),  # window = block, GQA 3, no bias
+    (1, 2, 1, 2, 45, 15, True, False, 4, True),  # window = block - 1
+    (1, 2, 1, 2, 45, 17, True, False, 4, True),  # window = block + 1
+    (1, 8, 2, 4, 75, 30, True, True, 4, True),  # Hkv < Hk < H; sinks inside the window for early queries
+    (2, 2, 1, 2, 45, 0, True, True, 4, True),  # pure linear + sinks
+    (1, 4, 2, 4, 40, 9, False, True, 4, True),  # sliding window + sinks (the training-free row)
+    (1, 2, 2, 2, 30, 64, True, False, 4, True),  # window > T: every sink is a window key
+    (1, 4, 2, 2, 40, 6, True, False, 16, True),  # a whole tile of sinks
+    (1, 4, 2, 2, 40, 6, True, True, 0, True),  # no sinks: the bias reaches no key
+]
+
+
+@pytest.mark.parametrize("B,H,Hkv,Hk,T,window,linear,padding,sinks,bias", SINK_CASES)
+def test_sinks_match_reference_fp32(B, H, Hkv, Hk, T, window, linear, padding, sinks, bias):
+    inputs, _ = make_inputs(B, H, Hkv, Hk, T, 16, 8, torch.float32)
+    key_valid = sink_padding(B, T) if padding else None
+    outs, refs = run_sinks(inputs, window, linear, key_valid, sinks, bias)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+@pytest.mark.parametrize("window,sinks", [(7, 4), (16, 1)])
+def test_sinks_match_reference_fp16(window, sinks):
+    inputs, _ = make_inputs(3, 4, 2, 4, 50, 24, 12, torch.float16)
+    outs, refs = run_sinks(inputs, window, True, sink_padding(3, 50), sinks, True)
+    check_sinks(outs, refs, 1e-2)
+
+
+def test_sinks_dkv_key_tiles(monkeypatch):
+    """Sinks with the dk/dv kernel on tiles of half a block: sink keys in both tiles."""
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
+    inputs, _ = make_inputs(2, 4, 2, 4, 100, 16, 8, torch.float32)
+    outs, refs = run_sinks(inputs, 20, True, sink_padding(2, 100), 4, True, chunk=32)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+@pytest.mark.parametrize("lengths,window,sinks", [([17, 1, 40, 23], 6, 4), ([50, 3, 0, 33], 20, 3),
+                                                  ([9, 2, 30], 40, 4)])
+def test_sinks_packed_match_per_sequence(lengths, window, sinks):
+    """Each packed sequence has its own first tokens as sinks (a one-token and an empty one)."""
+    T, H = sum(lengths), 4
+    inputs, _ = make_inputs(1, H, 2, 4, T, 16, 8, torch.float32)
+    cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
+    outs, refs = run_sinks(inputs, window, True, None, sinks, True, cu_seqlens=cu)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+def test_sinks_change_the_output():
+    """The sinks are in the test inputs' reach: with them the output differs from without."""
+    inputs, _ = make_inputs(1, 2, 1, 2, 40, 16, 8, torch.float32)
+    y0 = hybrid_attention_triton(*inputs, 5, True, None, None, CHUNK)
+    y4 = hybrid_attention_triton(*inputs, 5, True, None, None, CHUNK, sinks=4)
+    assert (y0 - y4)[:, :, 10:].abs().max() > 1e-2
+    torch.testing.assert_close(y0[:, :, :5], y4[:, :, :5])  # the sinks are still window keys
+
+
+def test_too_many_sinks_raise():
+    inputs, _ = make_inputs(1, 2, 1, 2, 20, 16, 8, torch.float32)
+    with pytest.raises(ValueError, match="sinks"):
+        hybrid_attention_triton(*inputs, 5, sinks=17)

@@ -97,3 +97,73 @@ def test_very_negative_scores_match_reference():
     y_ref = hybrid_decode_step_naive(q, k, v, qf, kf, gamma, *state_ref, 7, valid, True)
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+
+
+def make_sink_state(B, Hkv, w, sinks, D, dtype):
+    from lolcats_kernels.hybrid_decode.naive import SinkState
+
+    return SinkState(torch.zeros(B, w, dtype=torch.bool, device=DEVICE),
+                     torch.zeros(B, Hkv, sinks, D, device=DEVICE, dtype=dtype),
+                     torch.zeros(B, Hkv, sinks, D, device=DEVICE, dtype=dtype),
+                     torch.zeros(B, sinks, dtype=torch.bool, device=DEVICE),
+                     torch.zeros(B, dtype=torch.long, device=DEVICE))
+
+
+@pytest.mark.parametrize(
+    "H,Hkv,Hk,w,D,F,linear,sinks,bias,gate,dtype",
+    [
+        (4, 2, 4, 3, 16, 8, True, 4, True, False, torch.float32),  # sinks leave a short window
+        (6, 2, 2, 5, 16, 8, True, 2, False, False, torch.float32),  # GQA 3, shared feature heads
+        (4, 2, 4, 0, 16, 8, True, 3, True, False, torch.float32),  # no window: sinks go straight to the buffer
+        (4, 1, 4, 4, 16, 8, False, 4, True, False, torch.float32),  # window + sinks, no state
+        (4, 2, 4, 3, 16, 8, True, 0, False, True, torch.float32),  # gate alone
+        (4, 2, 2, 4, 16, 8, True, 4, True, True, torch.float32),  # sinks and gate
+        (4, 2, 4, 0, 16, 8, True, 0, False, True, torch.float32),  # gated linear attention
+        (4, 2, 4, 3, 24, 12, True, 4, True, True, torch.float16),
+    ],
+)
+def test_sinks_and_gate_steps_match_reference(H, Hkv, Hk, w, D, F, linear, sinks, bias, gate, dtype):
+    """From an empty state, over more steps than the window and the sinks, with left padding
+    (rows start at different steps) and a padding hole: the sink buffer fills as sinks leave
+    the window, and the gate decays the state and the window keys on their way in."""
+    B, steps = 3, 12
+    state = make_state(B, Hkv, Hk, w, D, F, dtype)
+    state[2].zero_()
+    state[3].zero_()
+    state[4].zero_()
+    state_ref = [x.clone() for x in state]
+    extras, extras_ref = {}, {}
+    if sinks:
+        sk = make_sink_state(B, Hkv, w, sinks, D, dtype)
+        extras["sink_state"], extras_ref["sink_state"] = sk, type(sk)(*(x.clone() for x in sk))
+        if bias:
+            extras["sink_bias"] = extras_ref["sink_bias"] = torch.randn(H, device=DEVICE)
+    if gate:
+        extras["win_decay"] = torch.zeros(B, Hk, w, device=DEVICE)
+        extras_ref["win_decay"] = extras["win_decay"].clone()
+    gamma = torch.rand(H, device=DEVICE)
+    start = torch.tensor([0, 2, 5], device=DEVICE)  # left padding
+    for pos in range(steps):
+        q = torch.randn(B, H, D, device=DEVICE, dtype=dtype)
+        k, v = (torch.randn(B, Hkv, D, device=DEVICE, dtype=dtype) for _ in range(2))
+        qf = torch.rand(B, H, F, device=DEVICE, dtype=dtype)
+        kf = torch.rand(B, Hk, F, device=DEVICE, dtype=dtype)
+        valid = start <= pos
+        if pos == 7:
+            valid[0] = False  # a hole
+        lg = -0.3 * torch.rand(B, Hk, device=DEVICE) if gate else None
+        p = torch.tensor(pos, device=DEVICE) if pos % 2 else pos
+        y = hybrid_decode_step_triton(q, k, v, qf, kf, gamma, *state, p, valid, linear, log_gate=lg, **extras)
+        y_ref = hybrid_decode_step_naive(q, k, v, qf, kf, gamma, *state_ref, pos, valid, linear, log_gate=lg,
+                                         **extras_ref)
+        tol = 1e-5 if dtype == torch.float32 else 2e-3
+        torch.testing.assert_close(y.float(), y_ref.float(), atol=tol, rtol=tol)
+        pairs = list(zip(state, state_ref))
+        if sinks:
+            pairs += list(zip(extras["sink_state"], extras_ref["sink_state"]))
+        if gate:
+            pairs.append((extras["win_decay"], extras_ref["win_decay"]))
+        for a, b in pairs:
+            torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol)
+    if sinks and w:
+        assert extras["sink_state"].sink_valid[0].sum() == min(sinks, steps - w)  # sinks did reach the buffer
