@@ -126,7 +126,7 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
         "history": history, "base": ref.to_dict(), "data_fingerprint": data.fingerprint,
         "softmax_layers": lin.softmax_layer_indices(len(decoder_layers(model))),
         **({"retrieval": retrieval.to_dict()} if retrieval is not None else {}),
-        "trainable_parameters": sum(p.numel() for p in attention_parameters(model)),
+        "trainable_parameters": sum(p.numel() for p in attention_parameters(model)) if cfg.stage1.enabled else 0,
     })
 
 
@@ -176,7 +176,8 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) ->
         "step": "lora_adjust", "dir": str(out), "model": str(out / "model"), "steps": steps,
         "tokens": steps * cfg.stage2.batch_size * cfg.stage2.train.grad_accum * seq_len,
         "seconds": round(seconds, 1), "history": history,
-        "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "trainable_parameters": (sum(p.numel() for p in model.parameters() if p.requires_grad)
+                                 if cfg.stage2.enabled else 0),
     })
 
 
