@@ -80,11 +80,11 @@ _MAX_SINKS = 16  # one tile of sink keys (hybrid_attention/triton_fwd.py SINK_TI
 
 
 def _extras_reason(sinks: int, log_gate) -> str | None:
-    """Why the attention kernels cannot take these attention sinks or the gate (None if they can)."""
+    """Why the attention kernels cannot take these attention sinks or this gate (None if they can)."""
     if sinks > _MAX_SINKS:
         return f"more than {_MAX_SINKS} attention sinks are not in the Triton kernels"
-    if log_gate is not None:
-        return "gated states are not in the Triton kernels yet"
+    if log_gate is not None and not log_gate.is_floating_point():
+        return f"log_gate must be floating point (got {log_gate.dtype})"
     return None
 
 
@@ -130,7 +130,7 @@ def hybrid_attention(
             from .hybrid_attention.triton_function import hybrid_attention_triton
 
             return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale, key_valid,
-                                           sinks=sinks, sink_bias=sink_bias)
+                                           sinks=sinks, sink_bias=sink_bias, log_gate=log_gate)
         _warn_once(reason)
     return hybrid_attention_chunked(q, k, v, qf, kf, gamma, window, linear, scale, key_valid,
                                     sinks=sinks, sink_bias=sink_bias, log_gate=log_gate)

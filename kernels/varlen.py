@@ -78,6 +78,7 @@ def hybrid_attention_varlen(
             from .hybrid_attention.triton_function import hybrid_attention_triton
 
             return hybrid_attention_triton(q, k, v, qf, kf, gamma, window, linear, scale,
-                                           cu_seqlens=cu_seqlens.to(q.device), sinks=sinks, sink_bias=sink_bias)
+                                           cu_seqlens=cu_seqlens.to(q.device), sinks=sinks, sink_bias=sink_bias,
+                                           log_gate=log_gate)
         _warn_once(reason)
     return _padded(q, k, v, qf, kf, gamma, window, cu_seqlens, linear, scale, sinks, sink_bias, log_gate)

@@ -17,6 +17,14 @@ and the heads of a group and adds at the sinks' positions. The dk/dv kernel trea
 inside the window as a window key (with its bias) and keeps sinks out of dkf and of the linear
 part of dv.
 
+Gate (`GATED`): with l_ij = qf_i.kf_j exp(G_i - G_j) and dp_ij = dW_ij e^{-c_i}, the features'
+gradients carry the decay (dqf_i = sum_j dp_ij d_ij kf_j, likewise dkf_j) and the cumulative
+log-gate gets dG_t = sum_j dp_tj l_tj (t as a query: the dq kernel, per query head) - sum_i
+dp_it l_it (t as a key: the dk/dv kernel, per feature head); `attention_bwd` returns dG and the
+caller turns it into d log_gate by a reverse cumulative sum. The far part uses the decayed
+states of `triton_state.py`: dG_i += qf~_i . g~_i with qf~ the query features decayed to the
+state's chunk end, and for a key dG_j -= kf_j . dkf_j(far).
+
 Near key blocks are rebuilt tile by tile as in the forward; the far (state) part uses the
 forward states h, z (kept from the forward) for dqf and the reverse states dh, dz for dkf, dv
 (`triton_state.py`).
@@ -32,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import SINK_TILE, sink_positions
+from .triton_fwd import SINK_TILE, gate_block, gate_total, sink_positions
 from .triton_varlen import VarlenChunks, seq_chunk
 
 
@@ -50,11 +58,11 @@ def _bwd_preprocess_kernel(o, do, delta, T, D: tl.constexpr, BT: tl.constexpr, B
 @triton.jit
 def _bwd_dq_kernel(
     q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, lin_e, delta, dq, dqf, dg, chunk_indices, cu_seqlens,
-    sink_pos, sink_bias, dks, dvs, dbias,
+    sink_pos, sink_bias, dks, dvs, dbias, lg, dgq,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
-    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
 ):
     i_bh, i_t = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -63,11 +71,13 @@ def _bwd_dq_kernel(
     k += i_hv.to(tl.int64) * T * D
     v += i_hv.to(tl.int64) * T * D
     kf += i_hk.to(tl.int64) * T * F
+    lg += i_hk.to(tl.int64) * T
     if IS_VARLEN:  # block i_n of a sequence of L tokens from bos: positions below are local to it
         i_n, bos, L = seq_chunk(chunk_indices, cu_seqlens, i_t)
         q, do, dq, k, v = q + bos * D, do + bos * D, dq + bos * D, k + bos * D, v + bos * D
         qf, dqf, kf = qf + bos * F, dqf + bos * F, kf + bos * F
         cs, inv_den, lin_e, delta = cs + bos, inv_den + bos, lin_e + bos, delta + bos
+        lg, dgq = lg + bos, dgq + bos
     else:
         i_n, L = i_t, T
 
@@ -98,6 +108,12 @@ def _bwd_dq_kernel(
         b_u = b_e * b_inv
         b_dqf += tl.dot((b_do * b_u[:, None]).to(b_h.dtype), tl.trans(b_h))
         b_dqf -= (b_u * b_delta)[:, None] * b_z[None, :]
+        if GATED:  # b_dqf is the gradient of the features decayed to the state's chunk end
+            b_gq, _ = gate_block(lg, o_i, L)
+            b_off = gate_total(lg, tl.maximum(i_n - DELTA, 0), i_n, L, BT)  # blocks n - delta .. n - 1
+            b_sdec = tl.exp(b_gq + b_off)
+            b_dG = tl.sum(b_dqf * b_qf.to(tl.float32), 1) * b_sdec
+            b_dqf *= b_sdec[:, None]
 
     b_db = tl.zeros([BT], dtype=tl.float32)  # d sink_bias: sum of ds over the sink entries
     if SINKS > 0:  # the sink tile (sinks older than the window), and its keys' partial dk, dv
@@ -152,8 +168,16 @@ def _bwd_dq_kernel(
                 b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_lin[:, None] & m_f[None, :], other=0)
                 lin = (diff >= W) & m_lin[None, :]
                 b_dp = tl.where(lin, b_dw * b_e[:, None], 0.0)
+                if GATED:  # decay exp(Gloc_i + totals of blocks j .. n-1 - Gloc_j)
+                    b_gk, _ = gate_block(lg, o_j, L)
+                    b_dp *= tl.exp(tl.minimum(b_gq[:, None] + b_off - b_gk[None, :], 0.0))
+                    b_dG += tl.sum(b_dp * tl.dot(b_qf, tl.trans(b_kf)), 1)
                 b_dqf += tl.dot(b_dp.to(b_kf.dtype), b_kf)
+            if GATED:
+                b_off -= tl.sum(tl.load(lg + o_j, mask=o_j < L, other=0.0), 0)  # now blocks j + 1 .. n - 1
 
+    if GATED:
+        tl.store(dgq + p_row, b_dG, mask=m_i)
     tl.store(dq + p_qd, (b_dq * scale).to(dq.dtype.element_ty), mask=m_qd)
     if LINEAR:
         tl.store(dqf + p_qf, b_dqf.to(dqf.dtype.element_ty), mask=m_qf)
@@ -165,11 +189,11 @@ def _bwd_dq_kernel(
 @triton.jit
 def _bwd_dkv_kernel(
     q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta, dk, dv, dkf, chunk_indices, cu_seqlens,
-    sink_pos, sink_bias,
+    sink_pos, sink_bias, lg, dgk,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr, BK: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
-    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
 ):
     i_bg, i_s = tl.program_id(0), tl.program_id(1)  # B*G on axis 0: axes 1-2 stop at 65535
     i_t, i_sub = i_s // (BT // BK), i_s % (BT // BK)  # key tile i_sub (BK keys) of block i_t
@@ -180,6 +204,7 @@ def _bwd_dkv_kernel(
         q, do, k, v, dk, dv = q + bos * D, do + bos * D, k + bos * D, v + bos * D, dk + bos * D, dv + bos * D
         qf, kf, dkf = qf + bos * F, kf + bos * F, dkf + bos * F
         cs, inv_den, lin_e, delta = cs + bos, inv_den + bos, lin_e + bos, delta + bos
+        lg, dgk = lg + bos, dgk + bos
         NL = tl.cdiv(L, BT)
     else:
         i_c, L, NL = i_t, T, N
@@ -210,14 +235,25 @@ def _bwd_dkv_kernel(
             b_dh = tl.load(dh + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                            mask=m_f[:, None] & m_d[None, :], other=0)
             b_dz = tl.load(dz + p_state * F + o_f, mask=m_f, other=0)
-            b_dv += tl.dot(b_kf, b_dh.to(b_kf.dtype))
-            b_dkf += tl.dot(b_v.to(b_dh.dtype), tl.trans(b_dh)) - b_dz[None, :]
+            if GATED:  # the reverse state is at the end of this key's chunk: decay each key to there
+                o_blk = i_c * BT + tl.arange(0, BT)
+                b_lgb = tl.load(lg + i_hk * T + o_blk, mask=o_blk < L, other=0.0)
+                b_gk, _ = gate_block(lg + i_hk * T, o_j, L)
+                b_gk += tl.sum(tl.where(tl.arange(0, BT) < i_sub * BK, b_lgb, 0.0), 0)  # Gloc_j in block i_c
+                b_kdec = tl.exp(tl.sum(b_lgb, 0) - b_gk)
+                b_dv += tl.dot((b_kf.to(tl.float32) * b_kdec[:, None]).to(b_kf.dtype), b_dh.to(b_kf.dtype))
+                b_dkf += (tl.dot(b_v.to(b_dh.dtype), tl.trans(b_dh)) - b_dz[None, :]) * b_kdec[:, None]
+                b_dG = -tl.sum(b_dkf * b_kf.to(tl.float32), 1)
+            else:
+                b_dv += tl.dot(b_kf, b_dh.to(b_kf.dtype))
+                b_dkf += tl.dot(b_v.to(b_dh.dtype), tl.trans(b_dh)) - b_dz[None, :]
         for rq in range(0, RQ):
             i_h = i_g * RK * RQ + rk * RQ + rq
             i_bh = (i_b * H + i_h).to(tl.int64)
             b_g = tl.load(gamma + i_h).to(tl.float32)
             if HAS_BIAS:
                 b_kb = tl.where(snk, tl.load(sink_bias + i_h).to(tl.float32), 0.0)  # per-key score offset
+            b_off = 0.0  # gate: totals of blocks i_c .. n - 1
             for n in range(i_c, tl.minimum(i_c + DELTA, NL - 1) + 1):
                 o_i = n * BT + tl.arange(0, BT)
                 m_i = o_i < L
@@ -244,14 +280,27 @@ def _bwd_dkv_kernel(
                                        mask=m_i[:, None] & m_f[None, :], other=0)
                         lin = (diff >= W) & m_lin[:, None]
                         b_e = tl.load(lin_e + p_row, mask=m_i, other=0)
-                        b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
                         b_dp = tl.where(lin, b_dw * b_e[None, :], 0.0)
+                        if GATED:
+                            b_gq, _ = gate_block(lg + i_hk * T, o_i, L)
+                            b_dec = tl.exp(tl.minimum(b_gq[None, :] + b_off - b_gk[:, None], 0.0))
+                            b_l = tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_dec, 0.0)
+                            b_dG -= tl.sum(b_dp * b_l, 1)
+                            b_dp *= b_dec
+                            b_w += b_l * b_e[None, :]
+                        else:
+                            b_w += tl.where(lin, tl.dot(b_kf, tl.trans(b_qf)) * b_e[None, :], 0.0)
                         b_dkf += tl.dot(b_dp.to(b_qf.dtype), b_qf)
                 b_dv += tl.dot((b_w * b_inv[None, :]).to(b_do.dtype), b_do)
+                if GATED:
+                    if LINEAR:
+                        b_off += tl.sum(tl.load(lg + i_hk * T + o_i, mask=m_i, other=0.0), 0)
         if LINEAR:
             b_dkf = tl.where(m_lin[:, None], b_dkf, 0.0)
             tl.store(dkf + i_hk * T * F + o_j[:, None] * F + o_f[None, :],
                      b_dkf.to(dkf.dtype.element_ty), mask=m_kf)
+            if GATED:
+                tl.store(dgk + i_hk * T + o_j, tl.where(m_lin, b_dG, 0.0), mask=o_j < L)
     tl.store(dk + p_kd, (b_dk * scale).to(dk.dtype.element_ty), mask=m_kd)
     tl.store(dv + p_kd, b_dv.to(dv.dtype.element_ty), mask=m_kd)
 
@@ -310,7 +359,8 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
                   varlen: VarlenChunks | None = None, dq_launch: tuple[int, int] | None = None,
                   dkv_launch: tuple[int, int] | None = None, dkv_split: int | None = None,
                   sinks: int = 0, sink_pos: torch.Tensor | None = None,
-                  sink_bias: torch.Tensor | None = None, sink_index: torch.Tensor | None = None):
+                  sink_bias: torch.Tensor | None = None, sink_index: torch.Tensor | None = None,
+                  log_gate: torch.Tensor | None = None):
     """Gradients of the hybrid attention.
 
     Args:
@@ -342,12 +392,19 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
     dqf = torch.empty_like(qf) if linear else None
     dkf = torch.empty_like(kf) if linear else None
     dg = q.new_empty(B, H, N, dtype=torch.float32)
+    gated = log_gate is not None and linear
     valid = key_valid if key_valid is not None else q
     seq_args = (q, q) if varlen is None else (varlen.chunk_indices, varlen.cu_seqlens)
     consts = dict(D=D, F=F, BT=chunk, BD=BD, BF=BF, LINEAR=linear, HAS_VALID=key_valid is not None,
-                  IS_VARLEN=varlen is not None, SINKS=sinks, BS=SINK_TILE, HAS_BIAS=sink_bias is not None)
+                  IS_VARLEN=varlen is not None, SINKS=sinks, BS=SINK_TILE, HAS_BIAS=sink_bias is not None,
+                  GATED=gated)
     sink_args = (sink_pos if sink_pos is not None else q, sink_bias if sink_bias is not None else gamma)
     dks = dvs = dbias = dg
+    dgq = dgk = dg
+    if gated:
+        dgq = q.new_empty(B, H, T, dtype=torch.float32)
+        dgk = q.new_empty(B, Hk, T, dtype=torch.float32)
+    lg = log_gate if gated else dg
     if sinks:  # per query block: partial dk, dv of the sink tile's keys
         dks = q.new_zeros(B, H, N, sinks, D, dtype=torch.float32)
         dvs = torch.zeros_like(dks)
@@ -355,7 +412,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
             dbias = torch.empty_like(dg)
     _bwd_dq_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, valid, h, z, do, cs, inv_den, lin_e, delta_rows, dq,
-        dqf if linear else dq, dg, *seq_args, *sink_args, dks, dvs, dbias,
+        dqf if linear else dq, dg, *seq_args, *sink_args, dks, dvs, dbias, lg, dgq,
         scale, T, N, window, delta, H, Hkv, Hk, **consts,
         num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
@@ -363,7 +420,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
     dkv_launch = dkv_launch or dkv_launch_for(chunk // split)
     _bwd_dkv_kernel[(B * Hkv, N * split)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta_rows, dk, dv,
-        dkf if linear else dk, *seq_args, *sink_args, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split,
+        dkf if linear else dk, *seq_args, *sink_args, lg, dgk, scale, T, N, window, delta, H, Hkv, Hk, BK=chunk // split,
         **consts, num_warps=dkv_launch[0], num_stages=dkv_launch[1],
     )
     dsink_bias = None
@@ -371,7 +428,10 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
         dk, dv = _add_sink_partials(dk, dks, sink_index, varlen), _add_sink_partials(dv, dvs, sink_index, varlen)
         if sink_bias is not None:
             dsink_bias = dbias.sum((0, 2))
-    return dq, dk, dv, dqf, dkf, dg.sum((0, 2)), dsink_bias
+    dG = None
+    if gated:
+        dG = dgk + dgq.view(B, Hk, H // Hk, T).sum(2)
+    return dq, dk, dv, dqf, dkf, dg.sum((0, 2)), dsink_bias, dG
 
 
 def _add_sink_partials(dx: torch.Tensor, part: torch.Tensor, sink_index: torch.Tensor,

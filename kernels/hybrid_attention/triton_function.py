@@ -54,7 +54,8 @@ class HybridAttentionFunction(torch.autograd.Function):
     recomputing them). `varlen` (a `VarlenChunks` or None) holds integer index tensors only."""
 
     @staticmethod
-    def forward(ctx, q, k, v, qf, kf, gamma, window, linear, scale, key_valid, chunk, varlen, sinks, sink_bias):
+    def forward(ctx, q, k, v, qf, kf, gamma, window, linear, scale, key_valid, chunk, varlen, sinks, sink_bias,
+                log_gate):
         q, k, v, qf, kf = (x.contiguous() for x in (q, k, v, qf, kf))
         g = gamma.detach().float().contiguous()
         valid = None if key_valid is None else key_valid.to(torch.int8).contiguous()
@@ -65,36 +66,52 @@ class HybridAttentionFunction(torch.autograd.Function):
             sink_pos, sink_index = sink_layout(sinks, B, T, key_valid, varlen, q.device)
             if sink_bias is not None:
                 bias = sink_bias.detach().float().contiguous()
+        lg = log_gate.detach().float().contiguous() if log_gate is not None and linear else None
         sink_kw = dict(sinks=sinks, sink_pos=sink_pos)
-        h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk, varlen, **sink_kw) if linear else (q, q)
+        h, z = state_fwd(kf, v, valid, k.shape[1], delta, chunk, varlen, log_gate=lg, **sink_kw) if linear else (q, q)
         o, cs, inv_den, lin_e = attention_fwd(q, k, v, qf, kf, g, h, z, valid, window, linear, scale, delta, chunk,
-                                              varlen, sink_bias=bias, **sink_kw)
-        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z, sink_pos, sink_index, bias)
+                                              varlen, sink_bias=bias, log_gate=lg, **sink_kw)
+        ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z, sink_pos, sink_index, bias, lg)
         ctx.cfg = (window, linear, scale, delta, chunk, gamma.dtype, varlen, sinks,
-                   None if sink_bias is None else sink_bias.dtype)
+                   None if sink_bias is None else sink_bias.dtype, None if log_gate is None else log_gate.dtype)
         return o
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z, sink_pos, sink_index, bias = ctx.saved_tensors
-        window, linear, scale, delta, chunk, gamma_dtype, varlen, sinks, bias_dtype = ctx.cfg
+        q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z, sink_pos, sink_index, bias, lg = ctx.saved_tensors
+        window, linear, scale, delta, chunk, gamma_dtype, varlen, sinks, bias_dtype, gate_dtype = ctx.cfg
         do = do.contiguous()
 
         def reverse_states(delta_rows):
             if not linear:
                 return q, q
-            return state_bwd(qf, do, lin_e, inv_den, delta_rows, kf.shape[1], delta, chunk, varlen)
+            return state_bwd(qf, do, lin_e, inv_den, delta_rows, kf.shape[1], delta, chunk, varlen, log_gate=lg)
 
-        dq, dk, dv, dqf, dkf, dg, dbias = attention_bwd(
+        dq, dk, dv, dqf, dkf, dg, dbias, dG = attention_bwd(
             q, k, v, qf, kf, g, h, z, o, do, cs, inv_den, lin_e, valid, reverse_states,
             window, linear, scale, delta, chunk, varlen,
-            sinks=sinks, sink_pos=sink_pos, sink_bias=bias, sink_index=sink_index,
+            sinks=sinks, sink_pos=sink_pos, sink_bias=bias, sink_index=sink_index, log_gate=lg,
         )
         if not linear:  # gamma cancels between numerator and denominator: its gradient is exactly 0
             dg = torch.zeros_like(dg)
         if bias_dtype is not None:  # no sinks: the bias reaches no key
             dbias = (torch.zeros_like(g) if dbias is None else dbias).to(bias_dtype)
-        return dq, dk, dv, dqf, dkf, dg.to(gamma_dtype), None, None, None, None, None, None, None, dbias
+        dlog_gate = None
+        if gate_dtype is not None:  # G_t = sum_{u <= t} log g_u: d log g_u = sum_{t >= u} dG_t
+            dlog_gate = (torch.zeros(kf.shape[:3], dtype=gate_dtype, device=kf.device) if dG is None
+                         else reverse_cumsum(dG, varlen).to(gate_dtype))
+        return dq, dk, dv, dqf, dkf, dg.to(gamma_dtype), None, None, None, None, None, None, None, dbias, dlog_gate
+
+
+def reverse_cumsum(x: torch.Tensor, varlen: VarlenChunks | None) -> torch.Tensor:
+    """sum_{t' >= t} x[..., t'] along the last axis, within each packed sequence when varlen."""
+    rev = x.flip(-1).cumsum(-1).flip(-1)
+    if varlen is None:
+        return rev
+    cu = varlen.cu_seqlens.long()
+    T = x.shape[-1]
+    end = torch.repeat_interleave(cu[1:], cu.diff(), output_size=T)  # each token's sequence end
+    return rev - torch.nn.functional.pad(rev, (0, 1))[..., end]
 
 
 def hybrid_attention_triton(
@@ -113,6 +130,7 @@ def hybrid_attention_triton(
     *,
     sinks: int = 0,
     sink_bias: torch.Tensor | None = None,
+    log_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Hybrid attention through the fused Triton kernels; arguments as `hybrid_attention_naive`.
 
@@ -126,6 +144,8 @@ def hybrid_attention_triton(
             each attends only to itself. None: every row is one sequence.
         sinks: the first `sinks` (<= 16) valid keys of each row (of each packed sequence) stay in
             the softmax term; sink_bias: (H,) logit added to their scores, or None.
+        log_gate: (B, Hk, T) log of the linear state's decay (<= 0), or None; packed sequences
+            each decay from their own start.
     Returns:
         (B, H, T, D) in q's dtype.
     """
@@ -142,4 +162,4 @@ def hybrid_attention_triton(
             raise ValueError("cu_seqlens needs a batch of one and no key_valid")
         varlen = prepare_chunks(cu_seqlens, chunk, q.shape[2])
     return HybridAttentionFunction.apply(q, k, v, qf, kf, gamma, int(window), bool(linear), float(scale),
-                                         key_valid, chunk, varlen, int(sinks), sink_bias)
+                                         key_valid, chunk, varlen, int(sinks), sink_bias, log_gate)

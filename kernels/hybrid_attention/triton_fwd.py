@@ -20,6 +20,14 @@ tile when p <= i - w (inside the window it is an ordinary window key), with the 
 `sink_bias` added to its score in either place. Sinks never enter the linear part: they are
 masked out of the near blocks' linear terms as of the states (`triton_state.py`).
 
+Gate (`GATED`, with the linear part only): log_gate (B, Hk, T) fp32, log g_t <= 0. A linear
+key j reaches query i with the decay exp(G_i - G_j), G the inclusive cumulative log-gate (of the
+row, or of the packed sequence). No long cumulative sum is ever formed: each block's cumulative
+log-gate starts afresh at the block's start (`gate_block`) and blocks are joined by their
+totals, so G_i - G_j = Gloc_i + (totals of blocks m .. n-1) - Gloc_j for i in block n, j in
+block m < n; the state of chunks <= c is kept decayed to the end of chunk c (`triton_state.py`),
+and a query of block n reads it decayed by exp(Gloc_i + totals of blocks n - delta .. n-1).
+
 Saved for backward, per row (fp32): c_i, 1 / den_i and the linear factor e_i = exp(-c_i) (0 for
 a row without linear keys, as in the reference), which is all the backward needs to rebuild
 every weight.
@@ -29,11 +37,31 @@ import torch
 import triton
 import triton.language as tl
 
-from .naive import MAX_SHIFT
+from .naive import MAX_SHIFT as _MAX_SHIFT
 from .triton_varlen import VarlenChunks, seq_chunk
 
-NEG = -1.0e30  # the running shift before any term: exp(NEG - finite) = 0, exp(NEG - NEG) = 1
+# Globals read inside kernels must be constexpr (compiled Triton refuses others; the interpreter
+# does not check).
+NEG = tl.constexpr(-1.0e30)  # the running shift before any term: exp(NEG - finite) = 0, exp(NEG - NEG) = 1
+MAX_SHIFT = tl.constexpr(_MAX_SHIFT)  # naive.MAX_SHIFT: cap of the linear factor's exponent
 SINK_TILE = 16  # sink keys per row the kernels take (one tile: tl.dot needs 16)
+
+
+@triton.jit
+def gate_block(lg, o, L):
+    """Inclusive cumulative log-gate over the positions o (one block, from its start) and its total."""
+    b = tl.load(lg + o, mask=o < L, other=0.0)
+    return tl.cumsum(b, 0), tl.sum(b, 0)
+
+
+@triton.jit
+def gate_total(lg, start, end, L, BT: tl.constexpr):
+    """Summed log-gate of the blocks start .. end - 1 (of BT positions)."""
+    tot = 0.0
+    for b in range(start, end):
+        o = b * BT + tl.arange(0, BT)
+        tot += tl.sum(tl.load(lg + o, mask=o < L, other=0.0), 0)
+    return tot
 
 
 @triton.jit
@@ -51,11 +79,11 @@ def sink_positions(sink_pos, i_b, L, SINKS: tl.constexpr, BS: tl.constexpr, HAS_
 @triton.jit
 def _fwd_kernel(
     q, k, v, qf, kf, gamma, valid, h, z, o, cs, inv_den, lin_e, chunk_indices, cu_seqlens,
-    sink_pos, sink_bias,
+    sink_pos, sink_bias, lg,
     scale, T, N, W, DELTA, H, HKV, HK,
     D: tl.constexpr, F: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr, BF: tl.constexpr,
     LINEAR: tl.constexpr, HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr,
-    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    SINKS: tl.constexpr, BS: tl.constexpr, HAS_BIAS: tl.constexpr, GATED: tl.constexpr,
 ):
     i_bh, i_t = tl.program_id(0), tl.program_id(1)  # B*H on axis 0: axes 1-2 stop at 65535
     i_b, i_h = i_bh // H, i_bh % H
@@ -67,6 +95,7 @@ def _fwd_kernel(
     k += i_hv.to(tl.int64) * T * D
     v += i_hv.to(tl.int64) * T * D
     kf += i_hk.to(tl.int64) * T * F
+    lg += i_hk.to(tl.int64) * T
     cs += i_bh.to(tl.int64) * T
     inv_den += i_bh.to(tl.int64) * T
     lin_e += i_bh.to(tl.int64) * T
@@ -78,6 +107,7 @@ def _fwd_kernel(
         k += bos * D
         v += bos * D
         kf += bos * F
+        lg += bos
         cs += bos
         inv_den += bos
         lin_e += bos
@@ -100,9 +130,15 @@ def _fwd_kernel(
         b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
                       mask=m_f[:, None] & m_d[None, :], other=0)
         b_z = tl.load(z + p_state * F + o_f, mask=m_f, other=0)
-        b_far = tl.sum(b_qf.to(tl.float32) * b_z[None, :], 1)
+        if GATED:  # the state is decayed to the end of block n - delta - 1: on to each query
+            b_gq, _ = gate_block(lg, o_i, L)
+            b_off = gate_total(lg, tl.maximum(i_n - DELTA, 0), i_n, L, BT)  # blocks n - delta .. n - 1
+            b_qfs = (b_qf.to(tl.float32) * tl.exp(b_gq + b_off)[:, None]).to(b_qf.dtype)
+        else:
+            b_qfs = b_qf
+        b_far = tl.sum(b_qfs.to(tl.float32) * b_z[None, :], 1)
         b_m = tl.where(b_far > 0, tl.log(tl.where(b_far > 0, b_far, 1.0)), NEG)
-        b_acc = tl.dot(b_qf, b_h.to(b_qf.dtype)) / tl.where(b_far > 0, b_far, 1.0)[:, None]
+        b_acc = tl.dot(b_qfs, b_h.to(b_qf.dtype)) / tl.where(b_far > 0, b_far, 1.0)[:, None]
         b_den = tl.where(b_far > 0, 1.0, 0.0)
         b_lin = (b_far > 0).to(tl.int32)
 
@@ -149,7 +185,12 @@ def _fwd_kernel(
             if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
                 b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_lin[:, None] & m_f[None, :], other=0)
                 lin = (diff >= W) & m_lin[None, :]
-                b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
+                if GATED:  # decay exp(Gloc_i + totals of blocks j .. n-1 - Gloc_j)
+                    b_gk, _ = gate_block(lg, o_j, L)
+                    b_dec = tl.exp(tl.minimum(b_gq[:, None] + b_off - b_gk[None, :], 0.0))
+                    b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)) * b_dec, 0.0)
+                else:
+                    b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
                 b_psum = tl.sum(b_p, 1)
                 b_lin = tl.maximum(b_lin, (b_psum > 0).to(tl.int32))
                 b_mn = tl.maximum(b_mn, tl.where(b_psum > 0, tl.log(tl.where(b_psum > 0, b_psum, 1.0)), NEG))
@@ -162,6 +203,9 @@ def _fwd_kernel(
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_v.dtype), b_v)
         b_den = b_den * b_alpha + tl.sum(b_w, 1)
         b_m = b_mn
+        if GATED:
+            if LINEAR:
+                b_off -= tl.sum(tl.load(lg + o_j, mask=o_j < L, other=0.0), 0)  # now blocks j + 1 .. n - 1
 
     b_inv = tl.where(b_den > 0, 1.0 / tl.where(b_den > 0, b_den, 1.0), 0.0)
     tl.store(o + o_i[:, None] * D + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
@@ -175,7 +219,8 @@ def _fwd_kernel(
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,
                   scale: float, delta: int, chunk: int, varlen: VarlenChunks | None = None,
                   num_warps: int = 4, num_stages: int = 1, sinks: int = 0,
-                  sink_pos: torch.Tensor | None = None, sink_bias: torch.Tensor | None = None):
+                  sink_pos: torch.Tensor | None = None, sink_bias: torch.Tensor | None = None,
+                  log_gate: torch.Tensor | None = None):
     """Launch the forward kernel.
 
     Args:
@@ -186,6 +231,7 @@ def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: 
         sinks: sink keys per row (<= SINK_TILE); sink_pos: (B, SINK_TILE) int32 positions of
             the row's sinks, -1 for none (needed with key_valid only); sink_bias: (H,) fp32 or
             None.
+        log_gate: (B, Hk, T) fp32 contiguous, or None (no decay; used with the linear part only).
     Returns:
         o: (B, H, T, D) in q's dtype; cs, inv_den, lin_e: (B, H, T) fp32.
     """
@@ -199,10 +245,11 @@ def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: 
     _fwd_kernel[(B * H, N)](
         q, k, v, qf, kf, gamma, key_valid if key_valid is not None else q, h, z, o, cs, inv_den, lin_e, *seq_args,
         sink_pos if sink_pos is not None else q, sink_bias if sink_bias is not None else gamma,
+        log_gate if log_gate is not None else gamma,
         scale, T, N, window, delta, H, k.shape[1], kf.shape[1],
         D=D, F=F, BT=chunk, BD=max(16, triton.next_power_of_2(D)), BF=max(16, triton.next_power_of_2(F)),
         LINEAR=linear, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
-        SINKS=sinks, BS=SINK_TILE, HAS_BIAS=sink_bias is not None,
+        SINKS=sinks, BS=SINK_TILE, HAS_BIAS=sink_bias is not None, GATED=log_gate is not None and linear,
         num_warps=num_warps, num_stages=num_stages,
     )
     return o, cs, inv_den, lin_e

@@ -17,6 +17,12 @@ query head and `state_bwd` adds up the heads of each group.
 Attention sinks (`SINKS` > 0) never enter the forward states: the state kernel masks them out
 like padding keys (`triton_fwd.sink_positions`).
 
+Gate (`GATED`): the states are kept decayed to the end of their last chunk c,
+H_c = exp(Gtot_c) H_{c-1} + sum_{j in c} exp(Gtot_c - Gloc_j) kf_j v_j^T (Gloc the cumulative
+log-gate inside a chunk, Gtot its total), so every exponent is <= 0. In reverse, the query block
+n = c + delta + 1 joins with exp(Gloc_i + totals of chunks c+1 .. c+delta) and the state decays
+by exp(Gtot_{c+1}) per step; the dk/dv kernel takes each key on from its chunk's end.
+
 Packed sequences (`IS_VARLEN`): one program per (sequence, head) runs these recurrences over
 the blocks of its sequence alone, so both states start from zero at each sequence.
 """
@@ -25,15 +31,16 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_fwd import SINK_TILE, sink_positions
+from .triton_fwd import SINK_TILE, gate_block, gate_total, sink_positions
 from .triton_varlen import VarlenChunks, seq_bounds
 
 
 @triton.jit
 def _state_fwd_kernel(
-    kf, v, valid, cu_seqlens, chunk_offsets, h, z, sink_pos, T, N, DELTA, HK, RK,
+    kf, v, valid, cu_seqlens, chunk_offsets, h, z, sink_pos, lg, T, N, DELTA, HK, RK,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_VALID: tl.constexpr, IS_VARLEN: tl.constexpr, SINKS: tl.constexpr, BS: tl.constexpr,
+    GATED: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_hk = i_bh // HK, i_bh % HK
@@ -42,6 +49,7 @@ def _state_fwd_kernel(
         bos, L = seq_bounds(cu_seqlens, i_b)
         NL = tl.cdiv(L, BT)
         kf += i_hk.to(tl.int64) * T * F + bos * F
+        lg += i_hk.to(tl.int64) * T + bos
         v += (i_hk // RK).to(tl.int64) * T * D + bos * D
         p_n = i_hk.to(tl.int64) * N + tl.load(chunk_offsets + i_b)
         h += p_n * F * D
@@ -49,6 +57,7 @@ def _state_fwd_kernel(
     else:
         L, NL = T, N
         kf += (i_b * HK + i_hk).to(tl.int64) * T * F
+        lg += (i_b * HK + i_hk).to(tl.int64) * T
         v += (i_b * HKV + i_hk // RK).to(tl.int64) * T * D
         h += i_bh.to(tl.int64) * N * F * D
         z += i_bh.to(tl.int64) * N * F
@@ -77,6 +86,11 @@ def _state_fwd_kernel(
             m_t &= o_t > s_last
         b_kf = tl.load(kf + o_t[:, None] * F + o_k[None, :], mask=m_t[:, None] & m_k[None, :], other=0)
         b_v = tl.load(v + o_t[:, None] * D + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
+        if GATED:  # decay the state over this chunk, each key to the chunk's end
+            b_gl, b_tot = gate_block(lg, o_t, L)
+            b_kf = (b_kf.to(tl.float32) * tl.exp(b_tot - b_gl)[:, None]).to(b_kf.dtype)
+            b_h *= tl.exp(b_tot)
+            b_z *= tl.exp(b_tot)
         b_h += tl.dot(tl.trans(b_kf), b_v.to(b_kf.dtype))
         b_z += tl.sum(b_kf.to(tl.float32), 0)
         tl.store(h + n * F * D + p_h, b_h.to(h.dtype.element_ty), mask=m_h)
@@ -86,9 +100,9 @@ def _state_fwd_kernel(
 
 @triton.jit
 def _state_bwd_kernel(
-    qf, do, lin_e, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, T, N, DELTA, H,
+    qf, do, lin_e, inv_den, delta, cu_seqlens, chunk_offsets, dh, dz, lg, T, N, DELTA, H, HK,
     F: tl.constexpr, D: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    IS_VARLEN: tl.constexpr,
+    IS_VARLEN: tl.constexpr, GATED: tl.constexpr,
 ):
     i_bh, i_k, i_v = tl.program_id(0), tl.program_id(1), tl.program_id(2)  # B*H on axis 0 (axes 1-2 stop at 65535)
     i_b, i_h = i_bh // H, i_bh % H  # one query head: its own states, summed over the group by the caller
@@ -96,10 +110,12 @@ def _state_bwd_kernel(
         bos, L = seq_bounds(cu_seqlens, i_b)
         NL = tl.cdiv(L, BT)
         row = i_h.to(tl.int64) * T + bos
+        lg += (i_h // (H // HK)).to(tl.int64) * T + bos
         p_n = i_h.to(tl.int64) * N + tl.load(chunk_offsets + i_b)
     else:
         L, NL = T, N
         row = i_bh.to(tl.int64) * T
+        lg += (i_b * HK + i_h // (H // HK)).to(tl.int64) * T
         p_n = i_bh.to(tl.int64) * N
     qf += row * F
     do += row * D
@@ -128,6 +144,13 @@ def _state_bwd_kernel(
         b_do = tl.load(do + o_t[:, None] * D + o_v[None, :], mask=m_t[:, None] & m_v[None, :], other=0)
         b_u = tl.load(lin_e + o_t, mask=m_t, other=0) * tl.load(inv_den + o_t, mask=m_t, other=0)
         b_r = b_u * tl.load(delta + o_t, mask=m_t, other=0)
+        if GATED:  # decay the state over chunk c + 1; the joining queries back to the end of chunk c
+            _, b_tot = gate_block(lg, (c + 1) * BT + tl.arange(0, BT), L)
+            b_gq, _ = gate_block(lg, o_t, L)
+            b_dec = tl.exp(b_gq + gate_total(lg, c + 1, c + DELTA + 1, L, BT))
+            b_qf = (b_qf.to(tl.float32) * b_dec[:, None]).to(b_qf.dtype)
+            b_dh *= tl.exp(b_tot)
+            b_dz *= tl.exp(b_tot)
         b_dh += tl.dot(tl.trans(b_qf), (b_do * b_u[:, None]).to(b_qf.dtype))
         tl.store(dh + c * F * D + p_h, b_dh.to(dh.dtype.element_ty), mask=m_h)
         if i_v == 0:  # only these programs compute and store dz: the others skip the cross-warp sum
@@ -149,14 +172,14 @@ def _layout(x: torch.Tensor, chunk: int, varlen: VarlenChunks | None) -> tuple[i
 
 
 def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen: VarlenChunks | None = None,
-              sinks: int = 0, sink_pos: torch.Tensor | None = None):
+              sinks: int = 0, sink_pos: torch.Tensor | None = None, log_gate: torch.Tensor | None = None):
     """Prefix states per query block (without the sink keys).
 
     Args:
         kf: (B, Hk, T, F) contiguous; v: (B, Hkv, T, D) contiguous, Hk a multiple of Hkv.
         key_valid: (B, T) int8 or None (None when varlen).
         varlen: packed sequences (B = 1), or None.
-        sinks, sink_pos: as `attention_fwd`.
+        sinks, sink_pos, log_gate: as `attention_fwd`.
     Returns:
         h: (B, Hk, N, F, D) in kf's dtype; z: (B, Hk, N, F) fp32; N = NT when varlen.
     """
@@ -169,16 +192,17 @@ def state_fwd(kf, v, key_valid, num_heads_v: int, delta: int, chunk: int, varlen
     grid = (programs * Hk, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_fwd_kernel[grid](
         kf, v, key_valid if key_valid is not None else kf, *seq_args, h, z,
-        sink_pos if sink_pos is not None else kf, T, N, delta, Hk, Hk // num_heads_v,
+        sink_pos if sink_pos is not None else kf, log_gate if log_gate is not None else kf,
+        T, N, delta, Hk, Hk // num_heads_v,
         F=F, D=D, BT=chunk, BK=BK, BV=BV, HAS_VALID=key_valid is not None, IS_VARLEN=varlen is not None,
-        SINKS=sinks, BS=SINK_TILE,
+        SINKS=sinks, BS=SINK_TILE, GATED=log_gate is not None,
         num_warps=4,
     )
     return h, z
 
 
 def state_bwd(qf, do, lin_e, inv_den, delta_rows, num_heads_k: int, delta: int, chunk: int,
-              varlen: VarlenChunks | None = None):
+              varlen: VarlenChunks | None = None, log_gate: torch.Tensor | None = None):
     """Reverse states per key chunk.
 
     One program per query head and state tile; with RQ = H / Hk > 1 query heads per key head,
@@ -189,6 +213,7 @@ def state_bwd(qf, do, lin_e, inv_den, delta_rows, num_heads_k: int, delta: int, 
         qf: (B, H, T, F); do: (B, H, T, D); lin_e, inv_den, delta_rows: (B, H, T) fp32; H a
             multiple of num_heads_k (Hk).
         varlen: packed sequences (B = 1), or None.
+        log_gate: (B, Hk, T) fp32 contiguous, or None.
     Returns:
         dh: (B, Hk, N, F, D) in qf's dtype; dz: (B, Hk, N, F) fp32; N = NT when varlen.
     """
@@ -201,8 +226,9 @@ def state_bwd(qf, do, lin_e, inv_den, delta_rows, num_heads_k: int, delta: int, 
     BK, BV = _blocks(F, D)
     grid = (programs * H, triton.cdiv(F, BK), triton.cdiv(D, BV))
     _state_bwd_kernel[grid](
-        qf, do, lin_e, inv_den, delta_rows, *seq_args, dh, dz, T, N, delta, H,
-        F=F, D=D, BT=chunk, BK=BK, BV=BV, IS_VARLEN=varlen is not None, num_warps=4,
+        qf, do, lin_e, inv_den, delta_rows, *seq_args, dh, dz, log_gate if log_gate is not None else qf,
+        T, N, delta, H, num_heads_k,
+        F=F, D=D, BT=chunk, BK=BK, BV=BV, IS_VARLEN=varlen is not None, GATED=log_gate is not None, num_warps=4,
     )
     if RQ > 1:
         dh = dh.view(B, num_heads_k, RQ, N, F, D).sum(2).to(qf.dtype)

@@ -13,8 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..hybrid_attention.naive import MAX_SHIFT
-from ..hybrid_attention.triton_fwd import NEG
+from ..hybrid_attention.triton_fwd import MAX_SHIFT, NEG
 from .naive import SinkState
 
 

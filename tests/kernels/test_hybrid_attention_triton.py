@@ -230,22 +230,28 @@ def sink_padding(B, T):
     return key_valid
 
 
-def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_seqlens=None):
-    """Outputs and gradients (incl. d sink_bias) of the kernel and of the fp32 reference."""
-    H = inputs[0].shape[1]
+def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_seqlens=None, gate=False):
+    """Outputs and gradients (incl. d sink_bias, then d log_gate) of the kernel and of the fp32
+    reference; `gate`: a random log-gate in [-0.3, 0] (or a float: its scale)."""
+    B, H, T = inputs[0].shape[:3]
+    Hk = inputs[4].shape[1]
     sink_bias = torch.randn(H, device=DEVICE) if bias else None
-    leaves = list(inputs) + ([sink_bias] if bias else [])
+    log_gate = -float(0.3 if gate is True else gate) * torch.rand(B, Hk, T, device=DEVICE) if gate else None
+    leaves = list(inputs) + [x for x in (sink_bias, log_gate) if x is not None]
     xs = [x.detach().clone().requires_grad_() for x in leaves]
     refs = [x.detach().float().clone().requires_grad_() for x in leaves]
-    y = hybrid_attention_triton(*xs[:6], window, linear, None, key_valid, chunk, cu_seqlens, sinks=sinks,
-                                sink_bias=xs[6] if bias else None)
-    extra = lambda r: dict(sinks=sinks, sink_bias=r[6] if bias else None)  # noqa: E731
+
+    def extra(r, part=slice(None)):
+        return dict(sinks=sinks, sink_bias=r[6] if bias else None,
+                    log_gate=r[-1][:, :, part] if gate else None)
+
+    y = hybrid_attention_triton(*xs[:6], window, linear, None, key_valid, chunk, cu_seqlens, **extra(xs))
     if cu_seqlens is None:
         y_ref = hybrid_attention_naive(*refs[:6], window, linear, None, key_valid, **extra(refs))
     else:
         parts = [slice(int(a), int(b)) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]) if b > a]
         y_ref = torch.cat([hybrid_attention_naive(*(x[:, :, p] for x in refs[:5]), refs[5], window, linear,
-                                                  **extra(refs)) for p in parts], 2)
+                                                  **extra(refs, p)) for p in parts], 2)
     do = torch.randn_like(y_ref)
     (y.float() * do).sum().backward()
     (y_ref * do).sum().backward()
@@ -254,13 +260,13 @@ def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_se
 
 
 def check_sinks(outs, refs, tol):
-    """`check`, plus d sink_bias (a sum over O(T) entries per query, like dgamma)."""
+    """`check`, plus d sink_bias and d log_gate (sums over O(T) entries, floors like dgamma's)."""
     check(outs[:7], refs[:7], tol)
-    if len(outs) > 7:
-        T = outs[0].shape[2]
-        floor = 1e-2 * refs[7].numel() ** 0.5 * T * (10 if CUDA else 2)
-        assert torch.isfinite(outs[7]).all()
-        assert rel_err(outs[7], refs[7], floor) < tol, ("dsink_bias", rel_err(outs[7], refs[7], floor))
+    T = outs[0].shape[2]
+    for i, (a, b) in enumerate(zip(outs[7:], refs[7:])):
+        floor = 1e-2 * b.numel() ** 0.5 * T * (10 if CUDA else 2)
+        assert torch.isfinite(a).all()
+        assert rel_err(a, b, floor) < tol, (f"extra {i}", rel_err(a, b, floor))
 
 
 SINK_CASES = [  # B, H, Hkv, Hk, T, window, linear, padding, sinks, bias
@@ -326,3 +332,70 @@ def test_too_many_sinks_raise():
     inputs, _ = make_inputs(1, 2, 1, 2, 20, 16, 8, torch.float32)
     with pytest.raises(ValueError, match="sinks"):
         hybrid_attention_triton(*inputs, 5, sinks=17)
+
+
+# --- gated linear state ----------------------------------------------------------------------
+
+GATE_CASES = [  # B, H, Hkv, Hk, T, window, padding, sinks, bias
+    (2, 2, 2, 2, 50, 5, False, 0, False),  # gate alone, MHA, states over several blocks
+    (1, 4, 2, 2, 70, 20, False, 0, False),  # GQA 2, window over 2 blocks
+    (1, 6, 2, 2, 45, 16, False, 0, False),  # window = block, four-way sums of dG per feature head
+    (1, 2, 1, 2, 45, 15, False, 4, True),  # window = block - 1, sinks
+    (1, 2, 1, 2, 45, 17, True, 4, True),  # window = block + 1, left padding
+    (3, 8, 2, 4, 75, 30, True, 4, True),  # Hkv < Hk < H, padding, sinks
+    (2, 2, 1, 2, 45, 0, True, 0, False),  # gated linear attention (no window)
+    (1, 2, 2, 2, 30, 64, False, 0, False),  # window > T: the gate reaches nothing
+]
+
+
+@pytest.mark.parametrize("B,H,Hkv,Hk,T,window,padding,sinks,bias", GATE_CASES)
+def test_gate_matches_reference_fp32(B, H, Hkv, Hk, T, window, padding, sinks, bias):
+    inputs, _ = make_inputs(B, H, Hkv, Hk, T, 16, 8, torch.float32)
+    key_valid = sink_padding(B, T) if padding else None
+    outs, refs = run_sinks(inputs, window, True, key_valid, sinks, bias, gate=True)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+def test_gate_without_linear_part_is_ignored():
+    """Sliding window only: the gate reaches no key and its gradient is 0."""
+    inputs, _ = make_inputs(1, 4, 2, 4, 40, 16, 8, torch.float32)
+    outs, refs = run_sinks(inputs, 9, False, None, 4, True, gate=True)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+    assert not outs[-1].any()
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0], ids=["slow-decay", "fast-decay"])
+def test_gate_matches_reference_fp16(scale):
+    """fp16 features with decays down to exp(-3) per token (underflowing within a block)."""
+    inputs, _ = make_inputs(3, 4, 2, 4, 60, 24, 12, torch.float16)
+    outs, refs = run_sinks(inputs, 7, True, sink_padding(3, 60), 4, True, gate=scale)
+    check_sinks(outs, refs, 1e-2)
+
+
+def test_gate_dkv_key_tiles(monkeypatch):
+    """The gate with the dk/dv kernel on tiles of half a block (the second tile's keys start
+    their cumulative log-gate mid-block)."""
+    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
+    inputs, _ = make_inputs(2, 4, 2, 4, 100, 16, 8, torch.float32)
+    outs, refs = run_sinks(inputs, 20, True, sink_padding(2, 100), 4, True, chunk=32, gate=True)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+@pytest.mark.parametrize("lengths,window,sinks", [([17, 1, 40, 23], 6, 4), ([50, 3, 0, 33], 20, 0)])
+def test_gate_packed_match_per_sequence(lengths, window, sinks):
+    """Each packed sequence decays from its own start (d log_gate by a reverse cumulative sum
+    within each sequence)."""
+    T, H = sum(lengths), 4
+    inputs, _ = make_inputs(1, H, 2, 2, T, 16, 8, torch.float32)
+    cu = torch.tensor([0] + lengths, device=DEVICE).cumsum(0).to(torch.int32)
+    outs, refs = run_sinks(inputs, window, True, None, sinks, True, cu_seqlens=cu, gate=True)
+    check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
+
+
+def test_gate_changes_the_output():
+    inputs, _ = make_inputs(1, 2, 1, 2, 40, 16, 8, torch.float32)
+    log_gate = -0.3 * torch.rand(1, 2, 40, device=DEVICE)
+    y0 = hybrid_attention_triton(*inputs, 5, True, None, None, CHUNK)
+    y1 = hybrid_attention_triton(*inputs, 5, True, None, None, CHUNK, log_gate=log_gate)
+    assert (y0 - y1)[:, :, 10:].abs().max() > 1e-2
+    torch.testing.assert_close(y0[:, :, :5], y1[:, :, :5])  # no linear key yet

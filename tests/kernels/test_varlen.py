@@ -141,14 +141,21 @@ def test_offsets_not_ending_at_the_packed_length_raise():
             hybrid_attention_triton(*inputs, 4, cu_seqlens=bad)
 
 
-def test_packed_sequences_get_their_own_sinks_and_gate():
-    """Each packed sequence has its own first tokens as sinks and its own decay from 0."""
+@pytest.mark.parametrize("force_triton", [False, True])
+def test_packed_sequences_get_their_own_sinks_and_gate(monkeypatch, force_triton):
+    """Each packed sequence has its own first tokens as sinks and its own decay from 0 (the
+    PyTorch path on CPU; the kernels, with no fallback, when forced)."""
+    if force_triton:
+        pytest.importorskip("triton")
+        monkeypatch.setenv("LOLCATS_FORCE_TRITON", "1")
+    elif CUDA:
+        pytest.skip("the PyTorch path is the CPU one")
     lengths, H, Hkv, Hk, window, sinks = [23, 9, 30], 4, 2, 4, 6, 3
     (q, k, v, qf, kf, gamma), cu = make_inputs(lengths, H, Hkv, Hk, 8, 8, torch.float32)
     log_gate = -0.2 * torch.rand(1, Hk, sum(lengths), device=DEVICE)
     bias = torch.randn(H, device=DEVICE)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the kernels hand sinks to the PyTorch path
+        warnings.simplefilter("error")  # no fallback
         y = hybrid_attention_varlen(q, k, v, qf, kf, gamma, window, cu, sinks=sinks, sink_bias=bias,
                                     log_gate=log_gate)
     parts = [slice(int(a), int(b)) for a, b in zip(cu[:-1], cu[1:])]
