@@ -15,6 +15,7 @@ query per head over a KV cache of the context length; both as CUDA-graph replays
 """
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -130,7 +131,9 @@ def decode_rows(batch: int):
         try:  # the 4 query heads of a K/V group act as 4 queries over that head's cache
             kc, vc = (torch.randn(batch, HKV, T, D, device=dev, dtype=dt) for _ in range(2))
             qg = q.view(batch, HKV, H // HKV, D)
-            sdpa = graph_ms(lambda: torch.nn.functional.scaled_dot_product_attention(qg, kc, vc))
+            # partial holds the tensors themselves, not a closure over names that `del` unbinds;
+            # it is dropped when graph_ms returns, so `del` frees the cache before the next length.
+            sdpa = graph_ms(functools.partial(torch.nn.functional.scaled_dot_product_attention, qg, kc, vc))
             del kc, vc
         except torch.cuda.OutOfMemoryError:
             sdpa = None
@@ -148,8 +151,8 @@ def environment() -> dict:
 
 def run(out_dir: str, lengths: list[int]) -> None:
     try:
-        from fla.ops.linear_attn import chunk_linear_attn
         import fla
+        from fla.ops.linear_attn import chunk_linear_attn
         fla_version = fla.__version__
     except ImportError:
         chunk_linear_attn, fla_version = None, None
@@ -188,8 +191,8 @@ def sweep(T: int = 16384) -> None:
     128) under several block lengths and launch configurations: where the time goes, and the
     best (num_warps, num_stages) for each kernel."""
     from lolcats_kernels.hybrid_attention.triton_bwd import attention_bwd
-    from lolcats_kernels.hybrid_attention.triton_fwd import attention_fwd
     from lolcats_kernels.hybrid_attention.triton_function import window_blocks
+    from lolcats_kernels.hybrid_attention.triton_fwd import attention_fwd
     from lolcats_kernels.hybrid_attention.triton_state import state_bwd, state_fwd
 
     dev, dt = "cuda", torch.bfloat16

@@ -87,7 +87,7 @@ class Config:
     zombie_seconds: int = 90
 
     @classmethod
-    def from_env(cls, run_dir: str | os.PathLike | None = None) -> "Config":
+    def from_env(cls, run_dir: str | os.PathLike | None = None) -> Config:
         return cls(
             run_dir=Path(run_dir or os.environ.get("LOLCATS_STACK_DIR") or REPO / "runs" / "stack"
                          ).resolve(),

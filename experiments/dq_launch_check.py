@@ -6,7 +6,7 @@ are masked tiles. This script runs one of those cases (and a full-size bf16 one)
 backward with the launch under test and with the default, and compares the gradients; run it
 under `compute-sanitizer --tool memcheck` to see the faulting access, if any:
 
-    compute-sanitizer --tool memcheck python3 benchmarks/dq_launch_check.py --launch 4,1
+    compute-sanitizer --tool memcheck python3 experiments/dq_launch_check.py --launch 4,1
 """
 
 import argparse

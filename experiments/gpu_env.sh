@@ -1,4 +1,4 @@
-# Sourced by the GPU-machine scripts: makes the payload of benchmarks/stage_gpu_payload.sh
+# Sourced by the GPU-machine scripts: makes the offline payload of experiments/README.md
 # (unpacked into ~/stage, wheels in ~/site) importable and sets the offline variables.
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DO_NOT_TRACK=true TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 # asset packages as namespace folders on the path (the library finds them with find_spec)

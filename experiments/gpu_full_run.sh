@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device session's work, one step after another on GPU 0, after the payload of
-# benchmarks/stage_gpu_payload.sh is unpacked (~/stage) and its wheels installed (~/site).
+# experiments/README.md is unpacked (~/stage) and its wheels installed (~/site).
 # Steps (any of them, in the order given):
 #   tests      the kernel tests, one process per file; if any fails, the rows that follow train
 #              on the PyTorch path (LOLCATS_KERNELS=torch)
@@ -13,9 +13,9 @@
 #              see whether the student can retrieve from the start of an 8k prompt, where the
 #              teacher cannot (docs/results.md: passkey 8192 @ depth 0)
 # Carry the fla-core wheel (.whl/) with the call that runs `bench`.
-# Usage: bash benchmarks/gpu_full_run.sh DIR STEP...   (long: start it with setsid, then poll
+# Usage: bash experiments/gpu_full_run.sh DIR STEP...   (long: start it with setsid, then poll
 # DIR/progress.txt back to back: the machine is released 30 s after a call returns, and with it
-# everything in DIR. `bash benchmarks/gpu_full_run.sh DIR --collect` packs the finished rows
+# everything in DIR. `bash experiments/gpu_full_run.sh DIR --collect` packs the finished rows
 # (no weights, no data) into DIR/{passkey,passkey30}.tar.gz and the logs into DIR/logs.tar.gz.)
 set -uo pipefail
 OUT=$1; shift
@@ -65,7 +65,7 @@ step_passkey() {
 step_passkey30() {
   row passkey30 --set 'data.mix={sharegpt: 0.7, passkey: 0.3}' --set 'data.passkey_lengths=[4096,8192]'
 }
-source benchmarks/gpu_env.sh
+source experiments/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader > "$OUT/device.txt"
 for s in "$@"; do "step_$s"; done
 collect

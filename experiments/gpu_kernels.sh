@@ -1,6 +1,6 @@
 #!/bin/bash
 # On the GPU machine, from the repo root: kernel tests, launch-config sweep, benchmarks.
-# Usage: bash benchmarks/gpu_kernels.sh OUT_DIR   (wheels for fla in .whl/, see docs/performance.md)
+# Usage: bash experiments/gpu_kernels.sh OUT_DIR   (wheels for fla in .whl/, see docs/performance.md)
 set -o pipefail
 OUT=${1:?out dir}
 export PYTHONUNBUFFERED=1

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Quality run on the GPU machine (after the payload of benchmarks/stage_gpu_payload.sh is unpacked
-# into ~/stage and its wheels into ~/site). Usage: bash benchmarks/gpu_quality.sh OUT_DIR [--set k=v ...]
+# Quality run on the GPU machine (after the offline payload of experiments/README.md is unpacked
+# into ~/stage and its wheels into ~/site). Usage: bash experiments/gpu_quality.sh OUT_DIR [--set k=v ...]
 set -uo pipefail
 OUT=$1; shift
-source benchmarks/gpu_env.sh
+source experiments/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 # kernel tests on the GPU, alongside (bounded)
 (timeout 200 python3 -m pytest -q tests/kernels -p no:cacheprovider > "$OUT/kernel_tests.txt" 2>&1; echo "exit $?" >> "$OUT/kernel_tests.txt") &

@@ -10,8 +10,8 @@ position, which predicts the answer), and reports on held-out prompts how much o
 position's attention the fitted student puts on the needle, next to the teacher. Feature sizes
 are compared at equal steps; the same window (64) and scale as the model.
 
-    python benchmarks/needle_capacity.py --out docs/results/needle-capacity.json
-    python benchmarks/needle_capacity.py --out OUT.json --student RUN/stage1-*/model   # no fitting:
+    python experiments/needle_capacity.py --out docs/results/needle-capacity.json
+    python experiments/needle_capacity.py --out OUT.json --student RUN/stage1-*/model   # no fitting:
         # the needle mass of a trained stage-1 checkpoint's maps and gates at that layer
 """
 

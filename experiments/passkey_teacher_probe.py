@@ -6,7 +6,7 @@ does but builds prompts of `--lengths` tokens, so the same keys and haystacks ar
 distances. It told apart the two readings of the teacher's miss at 8192 tokens, depth 0: the
 answer generated past SmolLM2's 8192 positions, or the needle too far back (docs/results.md).
 
-    python benchmarks/passkey_teacher_probe.py --depths 0 --lengths 8192,8184,8000,7000  # ~3 min
+    python experiments/passkey_teacher_probe.py --depths 0 --lengths 8192,8184,8000,7000  # ~3 min
 """
 
 import argparse

@@ -5,7 +5,7 @@ access on an H100. Each case runs in its own process (a CUDA fault poisons the c
 CUDA_LAUNCH_BLOCKING=1, calling the kernel directly (forward and backward) and comparing with
 the naive reference. Prints one line per case.
 
-    python benchmarks/short_sequence_probe.py            # on the GPU machine
+    python experiments/short_sequence_probe.py            # on the GPU machine
 """
 
 import itertools

@@ -9,8 +9,8 @@ every layer is fitted to softmax attention on the linearized model's own hidden 
 checkpoint on passkey prompts (lengths of `--passkey`, 5 depths x 2 trials); `--set key=value`
 overrides the config (e.g. `linearize.softmax_layers=[18,20,21,23]`).
 
-    python benchmarks/stage1_passkey_cpu.py --out /tmp/s1 [--forcing student]   # ~7 min on 2 cores
-    python benchmarks/stage1_passkey_cpu.py --out /tmp/s2 --stage2-steps 120 --passkey 1024,2048
+    python experiments/stage1_passkey_cpu.py --out /tmp/s1 [--forcing student]   # ~7 min on 2 cores
+    python experiments/stage1_passkey_cpu.py --out /tmp/s2 --stage2-steps 120 --passkey 1024,2048
 """
 
 import argparse

@@ -57,7 +57,6 @@ def linearize(preset: str = "smollm2-135m", profile: str | None = None,
     `profile` and `overrides` ("key=value") applied, evaluate it against the teacher and
     register it. Returns {"registered": models:/..., "version", "created", "promoted", ...}."""
     from lolcats_core.summary import format_summary
-
     from tasks import evaluation, register, steps
 
     logger = get_run_logger()

@@ -14,7 +14,6 @@ base model whose config or weight fingerprint differs from the recorded one.
 
 import copy
 import hashlib
-import json
 from pathlib import Path
 
 import torch

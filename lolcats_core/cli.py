@@ -124,9 +124,8 @@ def cmd_evaluate(args) -> None:
     import torch
 
     from .evaluation import EvalConfig, evaluate_model
-    from .run_config import load_run_config
-
     from .pipeline import prepare_data
+    from .run_config import load_run_config
 
     _setup_logging()
     if args.config:

@@ -28,9 +28,10 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -73,7 +74,7 @@ class S3Settings:
     retry_seconds: float = 120.0
 
     @classmethod
-    def from_env(cls) -> "S3Settings":
+    def from_env(cls) -> S3Settings:
         env = os.environ
         return cls(
             endpoint=(env.get("LOLCATS_S3_ENDPOINT") or env.get("AWS_ENDPOINT_URL_S3")

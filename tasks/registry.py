@@ -19,9 +19,9 @@ import logging
 import math
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion

@@ -78,7 +78,6 @@ def prepare_data(cfg, run_id: str | None = None):
     identity; the prepared dataset is published to S3 as `data/<fingerprint>`."""
     from lolcats_core import pipeline
     from lolcats_core.presets import base_model_ref
-
     from tasks import artifacts
 
     logger = get_run_logger()

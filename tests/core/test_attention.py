@@ -4,8 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lolcats_kernels import (hybrid_attention_chunked, hybrid_attention_naive,
-                             hybrid_decode_step_naive)
+from lolcats_kernels import hybrid_attention_chunked, hybrid_attention_naive, hybrid_decode_step_naive
 
 # (B, H, Hkv, Hk, T, D, F, window, linear)
 SHAPES = [

@@ -8,8 +8,15 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from helpers import make_tiny_config, randomize_attention
-from lolcats_core import (CheckpointError, LinearizeConfig, LoraSettings, add_lora, linearize,
-                          load_base_model, save_linearized)
+from lolcats_core import (
+    CheckpointError,
+    LinearizeConfig,
+    LoraSettings,
+    add_lora,
+    linearize,
+    load_base_model,
+    save_linearized,
+)
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from helpers import make_tiny_config, randomize_attention
-from lolcats_core import (ConfigError, LinearizeConfig, UnsupportedModelError,
-                          freeze_for_attention_transfer, linearize)
+from lolcats_core import ConfigError, LinearizeConfig, UnsupportedModelError, freeze_for_attention_transfer, linearize
 from lolcats_core.attention import LolcatsAttention
 from lolcats_core.convert import attention_parameters
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from qwen_slice import load_qwen_slice
 
-from lolcats_core import LinearizeConfig, linearize
-from lolcats_core import presets
+from lolcats_core import LinearizeConfig, linearize, presets
 from lolcats_core.errors import ConfigError
 from lolcats_core.presets import GGUFPart, GGUFSource, Preset
+from qwen_slice import load_qwen_slice
 
 
 def write_tiny_gguf(path) -> None:

@@ -7,8 +7,7 @@ from transformers import AutoModelForCausalLM
 
 from helpers import make_tiny_config
 from lolcats_core import LinearizeConfig, LoraSettings, add_lora, linearize
-from lolcats_core.training import (NonFiniteLossError, TrainConfig, attention_transfer, layer_mse,
-                                   lora_adjust)
+from lolcats_core.training import NonFiniteLossError, TrainConfig, attention_transfer, layer_mse, lora_adjust
 from lolcats_core.training.transfer import attention_state_names
 
 

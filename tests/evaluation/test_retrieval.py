@@ -74,11 +74,10 @@ def test_resolve_keeps_the_best_retrieval_layers(tiny_lm, tokenizer):
 
 
 def test_stage1_resolves_and_records_retrieval_layers(tmp_path):
-    from service.tiny import make_tiny_base, tiny_tree
-
     from lolcats_core.checkpoint import load_linearized
     from lolcats_core.pipeline import attention_transfer_step, prepare_data
     from lolcats_core.run_config import load_run_config
+    from service.tiny import make_tiny_base, tiny_tree
 
     tree = tiny_tree("retrieval", make_tiny_base(tmp_path), tmp_path, max_steps=1)
     tree["linearize"]["softmax_layers"] = "retrieval:1"

@@ -1,4 +1,4 @@
-"""benchmarks/needle_capacity.py: its attention weights are those of the library's hybrid attention."""
+"""experiments/needle_capacity.py: its attention weights are those of the library's hybrid attention."""
 
 import sys
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 from lolcats_core.feature_maps import Hedgehog
 from lolcats_kernels.hybrid_attention.naive import hybrid_attention_naive
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "experiments"))
 import needle_capacity  # noqa: E402
 
 

@@ -41,8 +41,13 @@ def _free(port: int) -> bool:
             return False
 
 
-def free_port(grpc: bool = False, taken: set[int] = set()) -> int:
-    """A free loopback port (and port + 10000 free too when `grpc`, as weed needs)."""
+_TAKEN_PORTS: set[int] = set()  # ports (and port + 10000) already handed out in this session
+
+
+def free_port(grpc: bool = False) -> int:
+    """A free loopback port (and port + 10000 free too when `grpc`, as weed needs), never one
+    handed out before in this session."""
+    taken = _TAKEN_PORTS
     for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -81,7 +86,7 @@ class Stack:
             raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
         return out
 
-    def clone(self, run_dir: Path, **env: str) -> "Stack":
+    def clone(self, run_dir: Path, **env: str) -> Stack:
         """Another stack handle on `run_dir` with this one's environment plus `env`."""
         return Stack(Path(run_dir), self.env | env)
 
@@ -169,9 +174,8 @@ def tiny_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_deployment(stack, tiny_root):
     """Deployment `linearize/tiny` of flows/linearize.py on the `local` pool (worker)."""
-    from tiny import tiny_tree, write_config
-
     from flows.linearize import linearize
+    from tiny import tiny_tree, write_config
 
     cfg = write_config(tiny_root / "tiny-cli.yaml", tiny_tree("tiny-cli", tiny_root / "base", tiny_root))
     linearize.from_source(source=str(REPO), entrypoint="flows/linearize.py:linearize").deploy(

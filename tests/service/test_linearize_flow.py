@@ -15,6 +15,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+
 from helpers import descendant_pids
 from tiny import tiny_tree, wait_flow_run, write_config
 

@@ -82,6 +82,7 @@ def test_killed_worker_run_is_crashed_and_the_next_run_proceeds(stack):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments import run_deployment
+
     from tiny import wait_flow_run
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
