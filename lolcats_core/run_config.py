@@ -12,24 +12,31 @@ A run config names the base model and holds one section per pipeline step:
     profiles: {cpu-smoke: {<overrides>}, gpu: {...}}
 
 `extends: base.yaml` at the top of a file merges it over another config (ablations).
+Every setting is checked against its field's type before any model loads: numeric text
+(`lr: 1e-3`, which PyYAML reads as a string, or `--set stage1.lr=1e-3`) becomes the field's
+number, and a wrong type or an unknown key at any depth is a `ConfigError` naming its dotted path.
 """
 
 import copy
 import json
-from dataclasses import dataclass, field, fields
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_type_hints
 
 import yaml
+from pydantic import TypeAdapter, ValidationError
 
 from .config import LinearizeConfig
 from .data import DataConfig
 from .errors import ConfigError
 from .evaluation import EvalConfig
 from .lora import LoraSettings
+from .presets import PRESETS
 from .training import TrainConfig
 
-TOP_LEVEL = {"name", "model", "dtype", "device", "output_dir", "linearize", "data", "stage1", "stage2",
-             "eval", "profiles", "gate"}
+SECTIONS = ("linearize", "data", "stage1", "stage2", "eval")
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 @dataclass
@@ -41,6 +48,12 @@ class StageConfig:
     tokens: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size <= 0:
+            raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
+        if self.tokens is not None and self.tokens <= 0:
+            raise ConfigError(f"tokens must be positive or None (train.max_steps steps), got {self.tokens}")
 
     def steps_for(self, seq_len: int) -> int:
         """Optimizer steps: from the token budget when given, else train.max_steps."""
@@ -61,7 +74,7 @@ class RunConfig:
     stage1: StageConfig
     stage2: StageConfig
     eval: EvalConfig
-    dtype: str = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     output_dir: str = "runs"
     gate: dict = field(default_factory=dict)
@@ -93,27 +106,70 @@ class RunConfig:
         return getattr(torch, self.dtype)
 
 
-def _build(cls, data: dict | None, section: str):
-    data = dict(data or {})
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{section}: unknown setting(s) {unknown}; known: {sorted(known)}")
+def _type_name(tp) -> str:
+    return tp.__name__ if isinstance(tp, type) else str(tp).replace("typing.", "")
+
+
+def _path(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
+
+
+def _typed(path: str, tp, value):
+    """`value` checked against the type `tp`; numeric text becomes the number a number field needs."""
+    adapter = TypeAdapter(tp)
     try:
-        return cls(**data)
-    except TypeError as e:
-        raise ConfigError(f"{section}: {e}") from None
+        adapter.validate_python(value, strict=True)
+        return value  # as given: an int in a float field stays an int, so artifact fingerprints do not change
+    except ValidationError:
+        pass
+    try:
+        return adapter.validate_python(value)
+    except ValidationError:
+        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {value!r}") from None
+
+
+def _checked(data, section: str, valid: set[str]) -> dict:
+    """The settings of a section ("": the top level; None: no settings), after rejecting keys
+    outside `valid`."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{section or 'the config'}: expected a mapping of settings, got {data!r}")
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {[_path(section, k) for k in unknown]}; "
+                          f"valid keys of {section or 'the config'}: {sorted(valid)}")
+    return data
+
+
+def _build(cls, data: dict | None, section: str, /, **nested):
+    """A `cls` from a section's settings, each typed by its field; `nested` are built already."""
+    hints = get_type_hints(cls)
+    data = _checked(data, section, set(hints) - set(nested))
+    return cls(**{k: _typed(_path(section, k), hints[k], v) for k, v in data.items()}, **nested)
 
 
 def _stage(data: dict | None, section: str, lora: bool) -> StageConfig:
-    data = dict(data or {})
-    train_keys = {f.name for f in fields(TrainConfig)}
-    train = _build(TrainConfig, {k: data.pop(k) for k in list(data) if k in train_keys}, section)
-    lora_cfg = _build(LoraSettings, data.pop("lora", None), f"{section}.lora") if lora else None
-    if not lora and "lora" in data:
+    """A stage section holds its TrainConfig settings flat (`stage1.lr`) and, in stage 2, `lora`."""
+    train_keys = set(get_type_hints(TrainConfig))
+    stage_keys = set(get_type_hints(StageConfig)) - {"train", "lora"}
+    if not lora and isinstance(data, dict) and "lora" in data:
         raise ConfigError(f"{section}: lora settings belong to stage2")
-    stage = _build(StageConfig, {**data, "train": train, "lora": lora_cfg}, section)
-    return stage
+    data = _checked(data, section, train_keys | stage_keys | ({"lora"} if lora else set()))
+    train = _build(TrainConfig, {k: v for k, v in data.items() if k in train_keys}, section)
+    lora_cfg = _build(LoraSettings, data.get("lora"), f"{section}.lora") if lora else None
+    return _build(StageConfig, {k: v for k, v in data.items() if k in stage_keys}, section,
+                  train=train, lora=lora_cfg)
+
+
+def _check_model(model: str) -> None:
+    """Reject a model that is no preset, existing directory, existing .gguf file or hub id."""
+    path = Path(model)
+    gguf = path.suffix.lower() == ".gguf"
+    if model in PRESETS or path.is_dir() or (path.is_file() if gguf else _HUB_ID.fullmatch(model)):
+        return
+    raise ConfigError(f"model: {model!r} is not a preset ({', '.join(PRESETS)}), an existing model "
+                      "directory, an existing .gguf file or a hub id of the form owner/name")
 
 
 def set_override(tree: dict, assignment: str) -> None:
@@ -171,9 +227,6 @@ def load_run_config(path: str | Path | None = None, profile: str | None = None,
     """Read a YAML run config, apply a profile and overrides, validate every section."""
     if tree is None:
         tree = read_yaml(Path(path))
-    unknown = sorted(set(tree) - TOP_LEVEL)
-    if unknown:
-        raise ConfigError(f"unknown top-level setting(s) {unknown}; known: {sorted(TOP_LEVEL)}")
     profiles = tree.get("profiles", {}) or {}
     if profile is not None:
         if profile not in profiles:
@@ -182,18 +235,19 @@ def load_run_config(path: str | Path | None = None, profile: str | None = None,
     tree = copy.deepcopy(tree)
     for assignment in overrides:
         set_override(tree, assignment)
+    _checked(tree, "", set(get_type_hints(RunConfig)) - {"source"} | {"profiles"})
     for required in ("name", "model"):
         if not tree.get(required):
             raise ConfigError(f"the config needs a {required!r} setting")
     resolved = {k: v for k, v in tree.items() if k != "profiles"}
-    return RunConfig(
-        name=str(tree["name"]), model=str(tree["model"]),
+    cfg = _build(
+        RunConfig, {k: v for k, v in resolved.items() if k not in SECTIONS}, "",
         linearize=_build(LinearizeConfig, tree.get("linearize"), "linearize"),
         data=_build(DataConfig, tree.get("data"), "data"),
         stage1=_stage(tree.get("stage1"), "stage1", lora=False),
         stage2=_stage(tree.get("stage2"), "stage2", lora=True),
         eval=_build(EvalConfig, tree.get("eval"), "eval"),
-        dtype=str(tree.get("dtype", "auto")), device=str(tree.get("device", "auto")),
-        output_dir=str(tree.get("output_dir", "runs")), gate=dict(tree.get("gate") or {}),
         source=json.loads(json.dumps(resolved, default=str)),
     )
+    _check_model(cfg.model)
+    return cfg

@@ -66,6 +66,8 @@ class EvalConfig:
         for name in ("passkey_trials", "batch_size", "code_max_new_tokens"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.ppl_max_rows is not None and self.ppl_max_rows <= 0:
+            raise ConfigError(f"ppl_max_rows must be positive or None (all rows), got {self.ppl_max_rows!r}")
         if self.limit is not None and not self.limit > 0:
             raise ConfigError(f"limit must be positive or None, got {self.limit!r}")
         if self.code_limit is not None and (not isinstance(self.code_limit, int) or self.code_limit <= 0):

@@ -58,6 +58,12 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"plateau_factor must lie strictly between 0 and 1, got {self.plateau_factor}")
+        if self.max_grad_norm is not None and self.max_grad_norm <= 0:
+            raise ConfigError(f"max_grad_norm must be positive or None (no clipping), got {self.max_grad_norm}")
 
 
 @dataclass

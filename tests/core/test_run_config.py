@@ -44,3 +44,60 @@ def test_gpu_profile_without_a_gpu_fails_fast(tmp_path, capsys):
     assert main(argv) != 0
     assert "no CUDA GPU is visible" in capsys.readouterr().err
     assert not (tmp_path / "data").exists()  # nothing prepared
+
+
+SMOLLM2 = Path(__file__).resolve().parents[2] / "configs" / "smollm2-135m.yaml"
+
+
+def test_numeric_text_is_read_as_the_fields_number(tmp_path):
+    """PyYAML reads `1e-3` as text: from a file and from --set it becomes the float field's number."""
+    path = tmp_path / "lr.yaml"
+    path.write_text(f"extends: {SMOLLM2}\nstage1:\n  lr: 1e-3\n  max_steps: '7'\n")
+    cfg = load_run_config(path)
+    assert cfg.stage1.train.lr == 0.001 and isinstance(cfg.stage1.train.lr, float)
+    assert cfg.stage1.train.max_steps == 7
+    assert load_run_config(SMOLLM2, None, ["stage2.lr=1e-3"]).stage2.train.lr == 0.001
+    # a value valid as given is kept as given (an int lr keeps today's artifact fingerprints)
+    assert repr(load_run_config(SMOLLM2, None, ["stage1.lr=1"]).stage1.train.lr) == "1"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("stage1.lr=abc", "stage1.lr: expected float, got 'abc'"),
+    ("stage2.lora.r=1.5", "stage2.lora.r: expected int, got 1.5"),
+    ("eval.passkey_lengths=[1024, x]", r"eval.passkey_lengths: expected list\[int\], got \[1024, 'x'\]"),
+    ("dtype=float8", "dtype: expected Literal.*'bfloat16'.*got 'float8'"),
+    ("stage1=3", "stage1: expected a mapping of settings, got 3"),
+])
+def test_wrong_types_name_the_path_the_type_and_the_value(override, message):
+    from lolcats_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(SMOLLM2, None, [override])
+
+
+@pytest.mark.parametrize("override,path,section", [
+    ("stage1.train.lr=0.001", "stage1.train", "stage1"),
+    ("stage2.lora.rank=4", "stage2.lora.rank", "stage2.lora"),
+    ("linearize.feature_maps=t2r", "linearize.feature_maps", "linearize"),
+    ("foo=1", "foo", "the config"),
+])
+def test_unknown_keys_at_any_depth_name_the_path_and_the_valid_keys(override, path, section):
+    from lolcats_core.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_run_config(SMOLLM2, None, [override])
+    assert f"unknown setting(s) ['{path}']; valid keys of {section}: [" in str(e.value)
+    if section == "stage1":  # stage sections hold their training settings flat, without lora
+        assert "'lr'" in str(e.value) and "'batch_size'" in str(e.value) and "'lora'" not in str(e.value)
+
+
+def test_the_model_must_exist_before_anything_loads(tmp_path):
+    from lolcats_core.errors import ConfigError
+
+    for missing in ("/nonexistent", str(tmp_path / "model"), str(tmp_path / "model.gguf"), "no-preset"):
+        with pytest.raises(ConfigError, match=f"model: '{missing}' is not a preset .*owner/name"):
+            load_run_config(SMOLLM2, None, [f"model={missing}"])
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model.gguf").write_bytes(b"GGUF")
+    for model in ("smollm2-135m", str(tmp_path / "model"), str(tmp_path / "model.gguf"), "HuggingFaceTB/SmolLM2-135M"):
+        assert load_run_config(SMOLLM2, None, [f"model={model}"]).model == model
