@@ -244,15 +244,25 @@ def _port_free(port: int) -> bool:
             return False
 
 
-def _http_ok(url: str, method: str = "GET", body: bytes | None = None) -> str | None:
-    """Response text if `url` answers 2xx, else None."""
+def _http_ok(url: str, method: str = "GET", body: bytes | None = None, timeout: float = 3,
+             attempts: int = 1) -> str | None:
+    """Response text if `url` answers 2xx (within `attempts` tries of `timeout` s), else None."""
     req = urllib.request.Request(url, data=body, method=method,
                                  headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=3) as r:
-            return r.read().decode() or "ok"
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return None
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.read().decode() or "ok"
+        except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+            if attempt + 1 < attempts:
+                time.sleep(1)
+    return None
+
+
+def _http_write(url: str, method: str, body: bytes | None = None) -> str | None:
+    """An idempotent request to the Prefect API: a busy SQLite-backed server can take seconds
+    to answer, so wait longer and try again."""
+    return _http_ok(url, method, body, timeout=15, attempts=3)
 
 
 def healthy(svc: str, cfg: Config, since: float | None = None) -> bool:
@@ -452,12 +462,12 @@ def ensure_zombie_automation(cfg: Config) -> str:
                          f"LOLCATS_HEARTBEAT_SECONDS ({cfg.heartbeat_seconds})")
     want = zombie_automation(cfg)
     body = json.dumps({"automations": {"name": {"any_": [ZOMBIE_AUTOMATION]}}}).encode()
-    found = _http_ok(f"{cfg.prefect_api}/automations/filter", "POST", body)
+    found = _http_write(f"{cfg.prefect_api}/automations/filter", "POST", body)
     if found is None:
         raise StackError(f"prefect: could not list automations at {cfg.prefect_api}")
     have = [a for a in json.loads(found) if a.get("name") == ZOMBIE_AUTOMATION]
     for extra in have[1:]:  # a duplicate (e.g. two concurrent `up`s): keep one
-        _http_ok(f"{cfg.prefect_api}/automations/{extra['id']}", "DELETE")
+        _http_write(f"{cfg.prefect_api}/automations/{extra['id']}", "DELETE")
     if have:
         cur = have[0]
         same = (cur.get("enabled") and cur.get("actions") and
@@ -468,11 +478,13 @@ def ensure_zombie_automation(cfg: Config) -> str:
                         for k in ("after", "expect", "for_each")))
         if same:
             return f"{'prefect':8s} zombie automation present ({cfg.zombie_seconds} s)"
-        if _http_ok(f"{cfg.prefect_api}/automations/{cur['id']}", "PUT",
+        if _http_write(f"{cfg.prefect_api}/automations/{cur['id']}", "PUT",
                     json.dumps(want).encode()) is None:
             raise StackError(f"prefect: could not update automation {ZOMBIE_AUTOMATION!r}")
         return f"{'prefect':8s} zombie automation updated ({cfg.zombie_seconds} s)"
-    if _http_ok(f"{cfg.prefect_api}/automations/", "POST", json.dumps(want).encode()) is None:
+    # created once, not retried: a slow answer may still have created it (a duplicate would be
+    # removed by the next `up`, but the first one is enough)
+    if _http_ok(f"{cfg.prefect_api}/automations/", "POST", json.dumps(want).encode(), timeout=15) is None:
         raise StackError(f"prefect: could not create automation {ZOMBIE_AUTOMATION!r}")
     return (f"{'prefect':8s} created zombie automation (heartbeat {cfg.heartbeat_seconds} s, "
             f"crash after {cfg.zombie_seconds} s without)")
