@@ -16,7 +16,7 @@ class EvalConfig:
     Attributes:
         perplexity: token-weighted perplexity on the held-out rows passed to `evaluate_model`.
         ppl_max_rows: evaluate at most this many held-out rows (None: all), and as many
-            out-of-distribution rows.
+            out-of-distribution rows as held-out rows are read.
         ood_perplexity: perplexity on rows of the run's sequence length cut from Shakespeare's
             plays (`evaluation.ood`), text that no linearizing data source may use; the row
             length is `evaluate_model`'s `seq_len` or that of its held-out rows.

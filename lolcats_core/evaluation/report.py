@@ -71,7 +71,10 @@ def evaluate_model(
         report["seconds"]["perplexity"] = round(time.perf_counter() - start, 2)
     if config.ood_perplexity and seq_len:
         start = time.perf_counter()
-        rows = ood_rows(tokenizer, seq_len, config.ppl_max_rows)
+        # as many rows as the held-out perplexity reads (all of Shakespeare is ~6k rows of 1024)
+        held = len(heldout) if heldout is not None and len(heldout) else None
+        bound = min(x for x in (config.ppl_max_rows, held) if x) if (config.ppl_max_rows or held) else None
+        rows = ood_rows(tokenizer, seq_len, bound)
         scores = perplexity(model, rows, batch_size=config.batch_size, progress=progress)
         report["ood_perplexity"] = {**scores, "source": OOD_SOURCE}
         report["seconds"]["ood_perplexity"] = round(time.perf_counter() - start, 2)
