@@ -136,7 +136,8 @@ class LolcatsAttention(nn.Module):
         if self.gate_kind == "liger":
             logit = k.float().mean(-1).repeat_interleave(self.key_heads // self.num_kv_heads, dim=1)
         else:
-            logit = self.state_gate(hidden_states).float().transpose(1, 2)
+            gate = self.state_gate  # fp32 like the feature maps, whatever the model's dtype
+            logit = F.linear(hidden_states.float(), gate.weight.float(), gate.bias.float()).transpose(1, 2)
         return F.logsigmoid(logit) / GATE_SCALE
 
     def attend(self, q, k, v, key_valid=None, log_gate=None) -> torch.Tensor:

@@ -4,8 +4,8 @@ The sequence is cut into chunks of C >= w tokens. For a query in chunk n, every 
 sliding window lies in chunks n-1 and n, and every key in chunks <= n-2 is older than the
 window. So each chunk needs: scores against chunks n-1 and n (C x 2C, masked into window and
 linear parts by absolute position), the running linear state of chunks <= n-2, and the scores
-against the `sinks` first keys of the row (a C x sinks tile). Same semantics, shift and padding
-rules as `naive.py`.
+against the `sinks` first keys of the row (a C x sinks tile). Same semantics, shift, null key and
+padding rules as `naive.py`.
 
 Sinks leave the linear part by zeroing their key features (as padding keys). The gate's decay
 is carried in log space relative to chunk boundaries, so no exponential exceeds 1: a key j of
@@ -154,13 +154,13 @@ def hybrid_attention_chunked(
         q_state = qfc if log_gate is None else qfc_state
         lin_den = (lin_cur.sum(-1, keepdim=True) + lin_prev.sum(-1, keepdim=True)
                    + (q_state * ksum).sum(-1, keepdim=True))
-        c, e = stabiliser(m, lin_den)
+        c, e, null = stabiliser(m, lin_den)
     else:
-        c, _ = stabiliser(m, torch.zeros_like(m))
+        c, _, null = stabiliser(m, torch.zeros_like(m))
 
     w_cur, w_prev = g * torch.exp(s_cur - c), g * torch.exp(s_prev - c)
     num = w_cur @ vc + w_prev @ v_prev
-    den = w_cur.sum(-1, keepdim=True) + w_prev.sum(-1, keepdim=True)
+    den = w_cur.sum(-1, keepdim=True) + w_prev.sum(-1, keepdim=True) + null
     if sinks:
         w_snk = g * torch.exp(s_snk - c)
         num = num + w_snk @ v_s
@@ -168,5 +168,5 @@ def hybrid_attention_chunked(
     if linear:
         num = num + e * (lin_cur @ vc + lin_prev @ v_prev + q_state @ kv)
         den = den + e * lin_den
-    y = num / torch.where(den > 0, den, 1.0)
+    y = num / den
     return y.flatten(4, 5)[..., :T, :].reshape(B, H, T, D).to(q.dtype)

@@ -126,17 +126,18 @@ def _bwd_dq_kernel(
         b_ks = tl.load(k + p_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0)
         b_vs = tl.load(v + p_s[:, None] * D + o_d[None, :], mask=m_s[:, None] & m_d[None, :], other=0)
         vis = (o_i[:, None] - p_s[None, :] >= W) & m_s[None, :]
-        b_ew = tl.where(vis, tl.exp(tl.dot(b_q, tl.trans(b_ks)) * scale + b_bias - b_c[:, None]), 0.0)
-        b_dw = (tl.dot(b_do, tl.trans(b_vs.to(b_do.dtype))) - b_delta[:, None]) * b_inv[:, None]
-        b_ds = b_dw * b_ew * b_g
-        b_dg += tl.sum(b_dw * b_ew, 1)
-        b_db += tl.sum(b_ds, 1)
-        b_dq += tl.dot(b_ds.to(b_ks.dtype), b_ks)
+        # names of their own: a name the loop below reassigns must keep its shape (BT x BT)
+        b_ews = tl.where(vis, tl.exp(tl.dot(b_q, tl.trans(b_ks)) * scale + b_bias - b_c[:, None]), 0.0)
+        b_dws = (tl.dot(b_do, tl.trans(b_vs.to(b_do.dtype))) - b_delta[:, None]) * b_inv[:, None]
+        b_dss = b_dws * b_ews * b_g
+        b_dg += tl.sum(b_dws * b_ews, 1)
+        b_db += tl.sum(b_dss, 1)
+        b_dq += tl.dot(b_dss.to(b_ks.dtype), b_ks)
         o_s = tl.arange(0, BS)
         p_part = (i_bh.to(tl.int64) * N + i_t) * SINKS * D + o_s[:, None] * D + o_d[None, :]
         m_part = (o_s < SINKS)[:, None] & m_d[None, :]
-        tl.store(dks + p_part, tl.dot(tl.trans(b_ds).to(b_q.dtype), b_q) * scale, mask=m_part)
-        tl.store(dvs + p_part, tl.dot(tl.trans(b_ew * (b_g * b_inv)[:, None]).to(b_do.dtype), b_do), mask=m_part)
+        tl.store(dks + p_part, tl.dot(tl.trans(b_dss).to(b_q.dtype), b_q) * scale, mask=m_part)
+        tl.store(dvs + p_part, tl.dot(tl.trans(b_ews * (b_g * b_inv)[:, None]).to(b_do.dtype), b_do), mask=m_part)
 
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
         o_j = j * BT + tl.arange(0, BT)

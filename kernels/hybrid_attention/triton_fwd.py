@@ -4,10 +4,11 @@ One program per (query block n of BT tokens, batch x query head). It starts from
 linear state of the far chunks (`triton_state.py`), then walks the key blocks
 n - delta .. n that hold the window, splitting each score tile by absolute position into
 window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the reference,
-max(window max, log linear sum), is kept as a running max that starts at the log of the far
-state's linear sum and takes each block's window max and the log of its linear sum: when it
-grows, the accumulated numerator and denominator are rescaled, so at the end both carry
-exactly exp(-c_i), and the largest term is 1 however negative the scores.
+max(window max, log linear sum, LOG_FLOOR), is kept as a running max that starts at
+max(log of the far state's linear sum, LOG_FLOOR), with the null key's weight already in the
+denominator, and takes each block's window max and the log of its linear sum: when it grows,
+the accumulated numerator and denominator are rescaled, so at the end both carry exactly
+exp(-c_i), and the largest term is 1 however negative the scores.
 
 Packed sequences (`IS_VARLEN`, `triton_varlen.py`): a program's block lies in one sequence and
 its positions, masks and states are those of that sequence alone.
@@ -37,13 +38,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .naive import MAX_SHIFT as _MAX_SHIFT
+from .naive import LOG_FLOOR as _LOG_FLOOR
 from .triton_varlen import VarlenChunks, seq_chunk
 
 # Globals read inside kernels must be constexpr (compiled Triton refuses others; the interpreter
 # does not check).
-NEG = tl.constexpr(-1.0e30)  # the running shift before any term: exp(NEG - finite) = 0, exp(NEG - NEG) = 1
-MAX_SHIFT = tl.constexpr(_MAX_SHIFT)  # naive.MAX_SHIFT: cap of the linear factor's exponent
+LOG_FLOOR = tl.constexpr(_LOG_FLOOR)  # naive.LOG_FLOOR: the null key's log-weight, the lowest shift
 SINK_TILE = 16  # sink keys per row the kernels take (one tile: tl.dot needs 16)
 
 
@@ -120,11 +120,11 @@ def _fwd_kernel(
     b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0)
     b_g = tl.load(gamma + i_h).to(tl.float32)
 
-    b_m = tl.full([BT], NEG, dtype=tl.float32)
+    b_m = tl.full([BT], LOG_FLOOR, dtype=tl.float32)
     b_acc = tl.zeros([BT, BD], dtype=tl.float32)
-    b_den = tl.zeros([BT], dtype=tl.float32)
+    b_den = tl.full([BT], 1.0, dtype=tl.float32)  # the null key, shifted by LOG_FLOOR
     b_lin = tl.zeros([BT], dtype=tl.int32)  # the row has linear mass
-    if LINEAR:  # the far state's terms, shifted by the log of their sum (which becomes 1)
+    if LINEAR:  # the far state's terms, shifted by max(log of their sum, LOG_FLOOR)
         b_qf = tl.load(qf + o_i[:, None] * F + o_f[None, :], mask=m_i[:, None] & m_f[None, :], other=0)
         p_state = i_hk.to(tl.int64) * N + i_t
         b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
@@ -137,9 +137,9 @@ def _fwd_kernel(
         else:
             b_qfs = b_qf
         b_far = tl.sum(b_qfs.to(tl.float32) * b_z[None, :], 1)
-        b_m = tl.where(b_far > 0, tl.log(tl.where(b_far > 0, b_far, 1.0)), NEG)
-        b_acc = tl.dot(b_qfs, b_h.to(b_qf.dtype)) / tl.where(b_far > 0, b_far, 1.0)[:, None]
-        b_den = tl.where(b_far > 0, 1.0, 0.0)
+        b_m = tl.where(b_far > 0, tl.maximum(tl.log(tl.where(b_far > 0, b_far, 1.0)), LOG_FLOOR), LOG_FLOOR)
+        b_acc = tl.dot(b_qfs, b_h.to(b_qf.dtype)) * tl.exp(-b_m)[:, None]
+        b_den = b_far * tl.exp(-b_m) + tl.exp(-(b_m - LOG_FLOOR))
         b_lin = (b_far > 0).to(tl.int32)
 
     if SINKS > 0:  # the sink tile: sinks older than the window, softmax terms only
@@ -154,10 +154,10 @@ def _fwd_kernel(
         vis = (o_i[:, None] - p_s[None, :] >= W) & m_s[None, :]
         b_ss = tl.where(vis, tl.dot(b_q, tl.trans(b_ks)) * scale + b_bias, float("-inf"))
         b_mn = tl.maximum(b_m, tl.max(b_ss, 1))
-        b_w = b_g * tl.exp(b_ss - b_mn[:, None])
+        b_ws = b_g * tl.exp(b_ss - b_mn[:, None])  # not b_w: a loop-carried name keeps its shape
         b_alpha = tl.exp(b_m - b_mn)
-        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_vs.dtype), b_vs)
-        b_den = b_den * b_alpha + tl.sum(b_w, 1)
+        b_acc = b_acc * b_alpha[:, None] + tl.dot(b_ws.to(b_vs.dtype), b_vs)
+        b_den = b_den * b_alpha + tl.sum(b_ws, 1)
         b_m = b_mn
 
     for j in range(tl.maximum(i_n - DELTA, 0), i_n + 1):
@@ -193,8 +193,8 @@ def _fwd_kernel(
                     b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
                 b_psum = tl.sum(b_p, 1)
                 b_lin = tl.maximum(b_lin, (b_psum > 0).to(tl.int32))
-                b_mn = tl.maximum(b_mn, tl.where(b_psum > 0, tl.log(tl.where(b_psum > 0, b_psum, 1.0)), NEG))
-                b_w = b_g * tl.exp(b_s - b_mn[:, None]) + b_p * tl.exp(tl.minimum(-b_mn, MAX_SHIFT))[:, None]
+                b_mn = tl.maximum(b_mn, tl.where(b_psum > 0, tl.log(tl.where(b_psum > 0, b_psum, 1.0)), LOG_FLOOR))
+                b_w = b_g * tl.exp(b_s - b_mn[:, None]) + b_p * tl.exp(-b_mn)[:, None]
             else:
                 b_w = b_g * tl.exp(b_s - b_mn[:, None])
         else:
@@ -210,10 +210,9 @@ def _fwd_kernel(
     b_inv = tl.where(b_den > 0, 1.0 / tl.where(b_den > 0, b_den, 1.0), 0.0)
     tl.store(o + o_i[:, None] * D + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
              mask=m_i[:, None] & m_d[None, :])
-    b_c = tl.where(b_m > NEG, b_m, 0.0)
-    tl.store(cs + o_i, b_c, mask=m_i)
+    tl.store(cs + o_i, b_m, mask=m_i)
     tl.store(inv_den + o_i, b_inv, mask=m_i)
-    tl.store(lin_e + o_i, tl.where(b_lin > 0, tl.exp(tl.minimum(-b_c, MAX_SHIFT)), 0.0), mask=m_i)
+    tl.store(lin_e + o_i, tl.where(b_lin > 0, tl.exp(-b_m), 0.0), mask=m_i)
 
 
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,

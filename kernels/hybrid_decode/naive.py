@@ -158,10 +158,10 @@ def hybrid_decode_step_naive(
     if linear:
         lin_num = torch.einsum("bhf,bhfd->bhd", qf.float(), expand_heads(S, H))
         lin_den = torch.einsum("bhf,bhf->bh", qf.float(), expand_heads(z, H))[..., None]
-    c, e = stabiliser(m, lin_den)
-    num, den = e * lin_num, e * lin_den
+    c, e, null = stabiliser(m, lin_den)
+    num, den = e * lin_num, e * lin_den + null
     if scores:
         a = gamma.float()[None, :, None] * torch.exp(s - c)
         num = num + torch.einsum("bhw,bhwd->bhd", a, vv)
         den = den + a.sum(-1, keepdim=True)
-    return (num / torch.where(den > 0, den, 1.0)).to(q.dtype)
+    return (num / den).to(q.dtype)

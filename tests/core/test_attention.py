@@ -115,6 +115,33 @@ def test_very_negative_scores_keep_the_window_and_finite_gradients(impl, offset)
     torch.testing.assert_close(y[:, :, :8], window_only[:, :, :8])  # no linear keys yet: pure window
 
 
+def vanishing_mass_inputs(T=48, D=8, Fd=8, peak=95.0, offset=16.0):
+    """Scores near -90 on every key and features peaked on disjoint dimensions, so that a row's
+    linear sum is ~e^-95 (denormal in fp32): with no floor, 1 / sum overflows in the backward."""
+    q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(1, 2, 1, 2, T, D, Fd, torch.float32))
+    u = torch.full((D,), D**-0.5)
+    hot = lambda i: F.one_hot(torch.tensor(i), Fd).float()  # noqa: E731
+    qf = torch.softmax(peak * hot(0) + 0.1 * torch.randn_like(qf), -1)
+    kf = torch.softmax(peak * hot(1) + 0.1 * torch.randn_like(kf), -1)
+    return [x.requires_grad_() for x in (q + offset * u, 0.1 * k - offset * u, v, qf, kf, gamma)]
+
+
+@pytest.mark.parametrize("impl", [hybrid_attention_naive, hybrid_attention_chunked])
+def test_weightless_rows_fade_through_the_null_key_with_finite_gradients(impl):
+    """A row whose keys all weigh ~e^-90 meets the null key (weight e^-20, value 0): its output
+    fades to 0, every gradient stays finite, and rows with weight stay as they were."""
+    inputs = vanishing_mass_inputs()
+    y = impl(*inputs, window=8)
+    grads = torch.autograd.grad(y.square().sum(), inputs)
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert y[:, :, 8:].abs().max() < 1e-6  # linear rows: e^-90 of mass against the null key's e^-20
+    q, k, v, qf, kf, gamma = (x.detach() for x in inputs)
+    dense = impl(q, k / 100, v, qf, kf, gamma, window=8, linear=False)  # scores ~0: the null key is nothing
+    ref = torch.softmax(torch.where(torch.ones(48, 48).tril().bool() & ~torch.ones(48, 48).tril(-8).bool(),
+                                    q @ (k / 100).transpose(-1, -2) * 8**-0.5, float("-inf")), -1) @ v
+    torch.testing.assert_close(dense, ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("impl", [hybrid_attention_naive, hybrid_attention_chunked])
 def test_window_covering_the_sequence_is_softmax_attention(impl):
     q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(2, 4, 2, 4, 48, 16, 8, torch.float32))

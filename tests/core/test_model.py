@@ -82,6 +82,15 @@ def test_step_by_step_decoding_equals_parallel_forward(model_type, lin):
 
 
 @pytest.mark.parametrize("gate", ["liger", "scalar"])
+def test_gates_in_a_bfloat16_model(gate):
+    """The GPU recipes linearize a bf16 model: the new parameters (fp32) take its activations."""
+    model = _model().to(torch.bfloat16)
+    linearize(model, LinearizeConfig(window=4, sinks=2, sink_logits=True, gate=gate))
+    logits = model(torch.randint(1, 128, (2, 24))).logits
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("gate", ["liger", "scalar"])
 def test_stage1_trains_sink_logits_and_gates(gate):
     """Attention transfer reaches the sink logits and the scalar gate's projection."""
     model = _model(lin=LinearizeConfig(window=4, sinks=2, sink_logits=True, gate=gate))

@@ -210,11 +210,26 @@ def test_very_negative_scores(offset, dtype):
     inputs = [(q + offset * u).to(dtype), (0.1 * k - offset * u).to(dtype), v.to(dtype), qf.to(dtype),
               kf.to(dtype), gamma]
     outs, refs = run_both(inputs, 7, True, key_valid)
-    if dtype == torch.float32:
-        check(outs, refs, 5e-3 if CUDA else 1e-4)
+    if dtype == torch.float32:  # GPU fp32 dots run in tf32: scores near -90 carry errors ~0.04
+        check(outs, refs, 5e-2 if CUDA else 1e-4)
     else:  # fp16 keys of magnitude 7.5 whose common part cancels in dq: only y is comparable
         assert all(torch.isfinite(x).all() for x in outs)
         assert rel_err(outs[0], refs[0], 1e-2 * refs[0].numel() ** 0.5) < 1e-2
+
+
+def test_weightless_rows_meet_the_null_key():
+    """Scores near -90 and a linear sum near e^-80 (features peaked on disjoint dimensions; not
+    lower, where GPU tf32 dots flush fp32 denormals): the kernel agrees with the reference, whose
+    null key keeps every gradient finite."""
+    torch.manual_seed(0)
+    (q, k, v, qf, kf, gamma), _ = make_inputs(1, 4, 2, 4, 50, 16, 8, torch.float32)
+    u = torch.full((16,), 0.25, device=DEVICE)
+    hot = lambda i: torch.nn.functional.one_hot(torch.tensor(i, device=DEVICE), 8).float()  # noqa: E731
+    qf = torch.softmax(80.0 * hot(0) + 0.1 * torch.randn_like(qf), -1)
+    kf = torch.softmax(80.0 * hot(1) + 0.1 * torch.randn_like(kf), -1)
+    outs, refs = run_both([q + 16.0 * u, 0.1 * k - 16.0 * u, v, qf, kf, gamma], 7, True, None)
+    assert all(torch.isfinite(r).all() for r in refs)
+    check(outs, refs, 5e-2 if CUDA else 1e-4)
 
 
 # --- attention sinks -------------------------------------------------------------------------
