@@ -149,8 +149,8 @@ def summary_metrics(report: Mapping, teacher: Mapping | None = None) -> dict[str
 
 def summary_stderrs(report: Mapping) -> dict[str, float]:
     """Standard errors of the `summary_metrics` entries that have one, in the same units:
-    lm-eval's primary metrics, the 0-shot average (of independent tasks) and passkey
-    accuracy per length (over its trials x depths)."""
+    lm-eval's primary metrics, the 0-shot average (of independent tasks), code pass@1 and
+    passkey accuracy per length (over its trials x depths)."""
     errors = {}
     tasks = report.get("lm_eval", {})
     for task, entry in tasks.items():
@@ -159,6 +159,9 @@ def summary_stderrs(report: Mapping) -> dict[str, float]:
     zero_shot = [errors.get(_task_label(t, tasks[t])) for t in ZERO_SHOT_TASKS if t in tasks]
     if "zero_shot_average" in report and None not in zero_shot:
         errors["0-shot average"] = math.sqrt(sum(se * se for se in zero_shot)) / len(zero_shot)
+    for task, entry in report.get("code", {}).items():
+        if "stderr" in entry:
+            errors[f"{task} (pass@1)"] = 100 * entry["stderr"]
     passkey = report.get("passkey", {})
     n = passkey.get("trials", 0) * len(passkey.get("depths", []))
     if n > 1:

@@ -220,3 +220,13 @@ def test_evaluation_prompts_use_the_chat_template_and_training_prompts_do_not(to
     train = PasskeyGenerator(tokenizer).sample(300, 0.5, random.Random(0))
     assert not PasskeyGenerator(tokenizer).chat and "<|im_start|>" not in tokenizer.decode(train.input_ids)
     assert "secret number" not in tokenizer.decode(train.input_ids)
+
+
+def test_code_pass_at_1_carries_its_standard_error_and_ties():
+    """HumanEval rows of the Qwen2.5 table: 11.0 ± 2.4 against 8.5 ± 2.2 is a tie (2.4 < 6.5)."""
+    def code(p, n=164):
+        return {"code": {"humaneval": {"pass@1": p, "stderr": (p * (1 - p) / (n - 1)) ** 0.5, "n": n}}}
+
+    table = comparison_table({"lolcats": code(14 / 164), "gate": code(18 / 164), "teacher": code(94 / 164)})
+    row = _row(table, "humaneval (pass@1)")
+    assert row.startswith("| humaneval (pass@1) | 8.54 ± 2.19 | 10.98 ± 2.45 (1.286x, tie) | 57.32 ± 3.87 (6.714x) |")
