@@ -76,7 +76,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
 
 def _device(cfg: RunConfig) -> str:
     """The run's device; on CUDA, fp32 matmuls (the feature maps' projections, trained in fp32)
-    use TF32 tensor cores: measured 27% of a stage-1 step's GPU time in full fp32 on an H100."""
+    use TF32 tensor cores (their share of a step: docs/performance.md)."""
     device = cfg.resolved_device()
     if str(device).startswith("cuda"):
         torch.set_float32_matmul_precision("high")

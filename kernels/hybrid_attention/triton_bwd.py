@@ -34,7 +34,7 @@ over the query heads of its GQA group (dk, dv summed over the group; dkf over th
 sharing a feature head).
 """
 
-import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -306,52 +306,43 @@ def _bwd_dkv_kernel(
     tl.store(dv + p_kd, b_dv.to(dv.dtype.element_ty), mask=m_kd)
 
 
-def _launch_override(name: str) -> tuple[int, int] | None:
-    """(num_warps, num_stages) from the environment variable `name` ("warps,stages"), if set."""
-    if not (value := os.environ.get(name)):
-        return None
-    try:
-        warps, stages = (int(x) for x in value.split(","))
-    except ValueError:
-        raise ValueError(f"{name}={value!r}: expected 'warps,stages', e.g. '4,2'") from None
-    return warps, stages
+@dataclass(frozen=True)
+class BackwardLaunch:
+    """Launch settings of the backward kernels; a field left None takes its shape-keyed default.
+
+    dq, dkv: (num_warps, num_stages) of the dq and dk/dv kernels (`dq_launch_for`,
+    `dkv_launch_for`); dkv_split: key tiles per block of the dk/dv kernel (`dkv_split_for`).
+    """
+
+    dq: tuple[int, int] | None = None
+    dkv: tuple[int, int] | None = None
+    dkv_split: int | None = None
 
 
 def dq_launch_for(BD: int, BF: int, element_size: int) -> tuple[int, int]:
     """(num_warps, num_stages) of the dq kernel for padded head size BD, feature size BF and
-    the bytes per element of q.
+    the bytes per element of q: (4, 1) for 16-bit inputs with BD, BF >= 64, else (4, 2).
 
-    (4, 1) is 6-7% faster end to end than (4, 2) on an H100 at model sizes (16-bit, tiles of
-    64 and up, every GPU test passes), but its compiled kernel faults on small masked tiles
-    (fp16, D = 24, F = 12: compute-sanitizer reports an out-of-range *shared* address, so not
-    one of the kernel's masked global loads). Everything else keeps (4, 2), which passes every
-    GPU test. `LOLCATS_DQ_LAUNCH="warps,stages"` overrides both.
+    (4, 1) is the faster launch at model sizes, but its compiled kernel faults on small masked
+    tiles (fp16, D = 24, F = 12: an out-of-range *shared* address), so smaller tiles keep
+    (4, 2); measurements in docs/performance.md.
     """
-    if override := _launch_override("LOLCATS_DQ_LAUNCH"):
-        return override
     return (4, 1) if element_size == 2 and min(BD, BF) >= 64 else (4, 2)
 
 
-def dkv_split_for(chunk: int) -> int:
-    """Key tiles per block of the dk/dv kernel: 2 for blocks of 64 (tiles of 32 keys), else 1.
-
-    On an H200 at 16k tokens the dk/dv kernel takes 0.59 ms on tiles of 32 against 1.12 ms on
-    whole blocks of 64; with `dkv_launch_for`, fwd+bwd is 21% faster at 8k-32k on an H100
-    (docs/performance.md). Blocks of 32 would halve it too but double the state kernels.
-    `LOLCATS_DKV_SPLIT=s` sets it (tiles of chunk / s >= 16).
-    """
-    split = int(os.environ.get("LOLCATS_DKV_SPLIT", "2" if chunk == 64 else "1"))
+def dkv_split_for(chunk: int, split: int | None = None) -> int:
+    """Key tiles per block of the dk/dv kernel: `split` when given (checked: tiles of
+    chunk / split >= 16 keys), else 2 for blocks of 64 (tiles of 32 keys) and 1 otherwise
+    (measurements in docs/performance.md)."""
+    split = split or (2 if chunk == 64 else 1)
     if split < 1 or chunk % split or chunk // split < 16:
-        raise ValueError(f"LOLCATS_DKV_SPLIT={split}: the block of {chunk} keys must split into tiles of >= 16")
+        raise ValueError(f"dkv_split={split}: the block of {chunk} keys must split into tiles of >= 16")
     return split
 
 
 def dkv_launch_for(BK: int) -> tuple[int, int]:
     """(num_warps, num_stages) of the dk/dv kernel on tiles of BK keys: (4, 2) for tiles of 32
-    keys or fewer (fastest of the H200 sweep there), (8, 2) for larger ones.
-    `LOLCATS_DKV_LAUNCH="warps,stages"` overrides both."""
-    if override := _launch_override("LOLCATS_DKV_LAUNCH"):
-        return override
+    keys or fewer, (8, 2) for larger ones (measurements in docs/performance.md)."""
     return (4, 2) if BK <= 32 else (8, 2)
 
 
@@ -373,6 +364,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
         dq_launch, dkv_launch: (num_warps, num_stages) of the dq and dk/dv kernels (None picks
             `dq_launch_for` / `dkv_launch_for`).
         dkv_split: key tiles per block in the dk/dv kernel (None: `dkv_split_for(chunk)`).
+            `BackwardLaunch` carries these three from `hybrid_attention_triton`.
         sinks, sink_pos, sink_bias: as `attention_fwd`.
         sink_index: with sinks, (B or number of sequences, sinks) int64 flat index into
             (B * T) of each sink key (its row's or sequence's), -1 for none.
@@ -417,7 +409,7 @@ def attention_bwd(q, k, v, qf, kf, gamma, h, z, o, do, cs, inv_den, lin_e, key_v
         scale, T, N, window, delta, H, Hkv, Hk, **consts,
         num_warps=dq_launch[0], num_stages=dq_launch[1],
     )
-    split = dkv_split or dkv_split_for(chunk)
+    split = dkv_split_for(chunk, dkv_split)
     dkv_launch = dkv_launch or dkv_launch_for(chunk // split)
     _bwd_dkv_kernel[(B * Hkv, N * split)](
         q, k, v, qf, kf, gamma, valid, dh, dz, do, cs, inv_den, lin_e, delta_rows, dk, dv,

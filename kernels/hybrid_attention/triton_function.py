@@ -3,7 +3,7 @@
 import torch
 import triton
 
-from .triton_bwd import attention_bwd
+from .triton_bwd import BackwardLaunch, attention_bwd, dkv_split_for
 from .triton_fwd import SINK_TILE, attention_fwd
 from .triton_state import state_bwd, state_fwd
 from .triton_varlen import VarlenChunks, prepare_chunks
@@ -55,7 +55,7 @@ class HybridAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, qf, kf, gamma, window, linear, scale, key_valid, chunk, varlen, sinks, sink_bias,
-                log_gate):
+                log_gate, launch):
         q, k, v, qf, kf = (x.contiguous() for x in (q, k, v, qf, kf))
         g = gamma.detach().float().contiguous()
         valid = None if key_valid is None else key_valid.to(torch.int8).contiguous()
@@ -73,13 +73,14 @@ class HybridAttentionFunction(torch.autograd.Function):
                                               varlen, sink_bias=bias, log_gate=lg, **sink_kw)
         ctx.save_for_backward(q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z, sink_pos, sink_index, bias, lg)
         ctx.cfg = (window, linear, scale, delta, chunk, gamma.dtype, varlen, sinks,
-                   None if sink_bias is None else sink_bias.dtype, None if log_gate is None else log_gate.dtype)
+                   None if sink_bias is None else sink_bias.dtype, None if log_gate is None else log_gate.dtype,
+                   launch)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, qf, kf, g, valid, o, cs, inv_den, lin_e, h, z, sink_pos, sink_index, bias, lg = ctx.saved_tensors
-        window, linear, scale, delta, chunk, gamma_dtype, varlen, sinks, bias_dtype, gate_dtype = ctx.cfg
+        window, linear, scale, delta, chunk, gamma_dtype, varlen, sinks, bias_dtype, gate_dtype, launch = ctx.cfg
         do = do.contiguous()
 
         def reverse_states(delta_rows):
@@ -90,6 +91,7 @@ class HybridAttentionFunction(torch.autograd.Function):
         dq, dk, dv, dqf, dkf, dg, dbias, dG = attention_bwd(
             q, k, v, qf, kf, g, h, z, o, do, cs, inv_den, lin_e, valid, reverse_states,
             window, linear, scale, delta, chunk, varlen,
+            dq_launch=launch.dq, dkv_launch=launch.dkv, dkv_split=launch.dkv_split,
             sinks=sinks, sink_pos=sink_pos, sink_bias=bias, sink_index=sink_index, log_gate=lg,
         )
         if not linear:  # gamma cancels between numerator and denominator: its gradient is exactly 0
@@ -100,7 +102,8 @@ class HybridAttentionFunction(torch.autograd.Function):
         if gate_dtype is not None:  # G_t = sum_{u <= t} log g_u: d log g_u = sum_{t >= u} dG_t
             dlog_gate = (torch.zeros(kf.shape[:3], dtype=gate_dtype, device=kf.device) if dG is None
                          else reverse_cumsum(dG, varlen).to(gate_dtype))
-        return dq, dk, dv, dqf, dkf, dg.to(gamma_dtype), None, None, None, None, None, None, None, dbias, dlog_gate
+        return (dq, dk, dv, dqf, dkf, dg.to(gamma_dtype), None, None, None, None, None, None, None, dbias,
+                dlog_gate, None)
 
 
 def reverse_cumsum(x: torch.Tensor, varlen: VarlenChunks | None) -> torch.Tensor:
@@ -131,6 +134,7 @@ def hybrid_attention_triton(
     sinks: int = 0,
     sink_bias: torch.Tensor | None = None,
     log_gate: torch.Tensor | None = None,
+    backward_launch: BackwardLaunch | None = None,
 ) -> torch.Tensor:
     """Hybrid attention through the fused Triton kernels; arguments as `hybrid_attention_naive`.
 
@@ -146,6 +150,8 @@ def hybrid_attention_triton(
             the softmax term; sink_bias: (H,) logit added to their scores, or None.
         log_gate: (B, Hk, T) log of the linear state's decay (<= 0), or None; packed sequences
             each decay from their own start.
+        backward_launch: launch settings of the backward kernels (`BackwardLaunch`); None, or
+            a field left None, takes the shape-keyed defaults.
     Returns:
         (B, H, T, D) in q's dtype.
     """
@@ -161,5 +167,7 @@ def hybrid_attention_triton(
         if q.shape[0] != 1 or key_valid is not None:
             raise ValueError("cu_seqlens needs a batch of one and no key_valid")
         varlen = prepare_chunks(cu_seqlens, chunk, q.shape[2])
+    launch = backward_launch or BackwardLaunch()
+    dkv_split_for(chunk, launch.dkv_split)  # a bad split fails here, not in the backward
     return HybridAttentionFunction.apply(q, k, v, qf, kf, gamma, int(window), bool(linear), float(scale),
-                                         key_valid, chunk, varlen, int(sinks), sink_bias, log_gate)
+                                         key_valid, chunk, varlen, int(sinks), sink_bias, log_gate, launch)

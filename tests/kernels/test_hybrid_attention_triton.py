@@ -6,6 +6,7 @@ import torch
 pytest.importorskip("triton")
 
 from lolcats_kernels import hybrid_attention_naive  # noqa: E402
+from lolcats_kernels.hybrid_attention.triton_bwd import BackwardLaunch  # noqa: E402
 from lolcats_kernels.hybrid_attention.triton_function import hybrid_attention_triton  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -30,11 +31,12 @@ def make_inputs(B, H, Hkv, Hk, T, D, F, dtype, valid=False):
     return (q, k, v, qf, kf, gamma), key_valid
 
 
-def run_both(inputs, window, linear, key_valid, chunk=CHUNK):
-    """Outputs and gradients of the kernel and of the fp32 reference, for one cotangent."""
+def run_both(inputs, window, linear, key_valid, chunk=CHUNK, launch=None):
+    """Outputs and gradients of the kernel (backward launched by `launch`) and of the fp32
+    reference, for one cotangent."""
     xs = [x.detach().clone().requires_grad_() for x in inputs]
     refs = [x.detach().double().float().clone().requires_grad_() for x in inputs]
-    y = hybrid_attention_triton(*xs, window, linear, None, key_valid, chunk)
+    y = hybrid_attention_triton(*xs, window, linear, None, key_valid, chunk, backward_launch=launch)
     y_ref = hybrid_attention_naive(*refs, window, linear, None, key_valid)
     do = torch.randn_like(y_ref)
     (y.float() * do).sum().backward()
@@ -127,21 +129,35 @@ def test_batch_times_heads_beyond_the_grid_y_limit_gpu():
     check(outs, refs, 2e-2)
 
 
-def test_dq_launch_policy(monkeypatch):
+def test_dq_launch_policy():
     """Small masked tiles keep the dq launch that passes every GPU test; model sizes get the
-    faster one; the environment overrides both."""
+    faster one."""
     from lolcats_kernels.hybrid_attention.triton_bwd import dq_launch_for
 
-    monkeypatch.delenv("LOLCATS_DQ_LAUNCH", raising=False)
     assert dq_launch_for(32, 16, 2) == (4, 2)
     assert dq_launch_for(128, 128, 2) == (4, 1)
     assert dq_launch_for(64, 32, 2) == (4, 2)
     assert dq_launch_for(128, 128, 4) == (4, 2)  # fp32 at model sizes: not tested on the GPU at (4, 1)
-    monkeypatch.setenv("LOLCATS_DQ_LAUNCH", "8,2")
-    assert dq_launch_for(128, 128, 2) == (8, 2)
-    monkeypatch.setenv("LOLCATS_DQ_LAUNCH", "8")
-    with pytest.raises(ValueError, match="warps,stages"):
-        dq_launch_for(128, 128, 2)
+
+
+def test_backward_launch_reaches_the_kernels(monkeypatch):
+    """`backward_launch` fields given to `hybrid_attention_triton` replace the defaults of the
+    backward kernels; fields left None keep them."""
+    from lolcats_kernels.hybrid_attention import triton_bwd, triton_function
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append({k: kwargs[k] for k in ("dq_launch", "dkv_launch", "dkv_split")})
+        return triton_bwd.attention_bwd(*args, **kwargs)
+
+    monkeypatch.setattr(triton_function, "attention_bwd", spy)
+    inputs, _ = make_inputs(1, 2, 1, 2, 40, 16, 8, torch.float32)
+    for launch in (None, triton_bwd.BackwardLaunch(dq=(8, 2), dkv_split=2)):
+        xs = [x.clone().requires_grad_() for x in inputs]
+        hybrid_attention_triton(*xs, 8, True, None, None, 32, backward_launch=launch).sum().backward()
+    assert seen == [dict(dq_launch=None, dkv_launch=None, dkv_split=None),
+                    dict(dq_launch=(8, 2), dkv_launch=None, dkv_split=2)]
 
 
 @pytest.mark.parametrize("B,H,Hkv,Hk,T,window,linear,valid", [
@@ -152,51 +168,44 @@ def test_dq_launch_policy(monkeypatch):
     (1, 2, 1, 2, 70, 31, True, False),  # one key of the first tile leaves the window in its own block
     (1, 2, 1, 2, 70, 15, True, False),  # the same for the second tile
 ])
-def test_dkv_key_tiles_match_reference(monkeypatch, B, H, Hkv, Hk, T, window, linear, valid):
-    """The dk/dv kernel on tiles of half a block (LOLCATS_DKV_SPLIT=2) gives the same gradients."""
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
+def test_dkv_key_tiles_match_reference(B, H, Hkv, Hk, T, window, linear, valid):
+    """The dk/dv kernel on tiles of half a block (dkv_split=2) gives the same gradients."""
     inputs, key_valid = make_inputs(B, H, Hkv, Hk, T, 16, 8, torch.float32, valid)
-    outs, refs = run_both(inputs, window, linear, key_valid, chunk=32)
+    outs, refs = run_both(inputs, window, linear, key_valid, chunk=32, launch=BackwardLaunch(dkv_split=2))
     check(outs, refs, 5e-3 if CUDA else 1e-4)
 
 
 @pytest.mark.skipif(not CUDA, reason="blocks of 64 on the GPU; the CPU tests split blocks of 32")
 @pytest.mark.parametrize("T,window", [(300, 64), (200, 63)])
-def test_dkv_whole_blocks_match_reference_gpu(monkeypatch, T, window):
-    """The dk/dv kernel on whole 64-key blocks (LOLCATS_DKV_SPLIT=1, 8 warps), no longer the default."""
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "1")
+def test_dkv_whole_blocks_match_reference_gpu(T, window):
+    """The dk/dv kernel on whole 64-key blocks (dkv_split=1, 8 warps), not the default."""
     inputs, key_valid = make_inputs(1, 4, 2, 4, T, 64, 32, torch.bfloat16, True)
-    outs, refs = run_both(inputs, window, True, key_valid, chunk=64)
+    outs, refs = run_both(inputs, window, True, key_valid, chunk=64, launch=BackwardLaunch(dkv_split=1))
     check(outs, refs, 2e-2)
 
 
-def test_dkv_split_setting_is_checked(monkeypatch):
+def test_dkv_split_policy_and_check():
+    """Blocks of 64 split into two key tiles, smaller ones stay whole; a split into tiles of
+    fewer than 16 keys is refused when the attention is called, before any kernel runs."""
     from lolcats_kernels.hybrid_attention.triton_bwd import dkv_split_for
 
-    monkeypatch.delenv("LOLCATS_DKV_SPLIT", raising=False)
     assert dkv_split_for(64) == 2
     assert dkv_split_for(32) == 1
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "1")
-    assert dkv_split_for(64) == 1
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "4")
+    assert dkv_split_for(64, 1) == 1
     with pytest.raises(ValueError, match="tiles of >= 16"):
-        dkv_split_for(32)
+        dkv_split_for(32, 4)
+    inputs, _ = make_inputs(1, 2, 1, 2, 40, 16, 8, torch.float32)
+    with pytest.raises(ValueError, match="dkv_split=4"):
+        hybrid_attention_triton(*inputs, 8, True, None, None, 32, backward_launch=BackwardLaunch(dkv_split=4))
 
 
-def test_dkv_launch_policy(monkeypatch):
-    """Key tiles of 32 and fewer get 4 warps, whole blocks of 64 keep 8; the environment
-    overrides both."""
+def test_dkv_launch_policy():
+    """Key tiles of 32 and fewer get 4 warps, whole blocks of 64 keep 8."""
     from lolcats_kernels.hybrid_attention.triton_bwd import dkv_launch_for
 
-    monkeypatch.delenv("LOLCATS_DKV_LAUNCH", raising=False)
     assert dkv_launch_for(32) == (4, 2)
     assert dkv_launch_for(16) == (4, 2)
     assert dkv_launch_for(64) == (8, 2)
-    monkeypatch.setenv("LOLCATS_DKV_LAUNCH", "8,3")
-    assert dkv_launch_for(32) == (8, 3)
-    monkeypatch.setenv("LOLCATS_DKV_LAUNCH", "4;2")
-    with pytest.raises(ValueError, match="LOLCATS_DKV_LAUNCH"):
-        dkv_launch_for(32)
 
 
 @pytest.mark.parametrize("offset", [16.0, 30.0], ids=["scores-90", "scores-318"])
@@ -245,9 +254,11 @@ def sink_padding(B, T):
     return key_valid
 
 
-def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_seqlens=None, gate=False):
-    """Outputs and gradients (incl. d sink_bias, then d log_gate) of the kernel and of the fp32
-    reference; `gate`: a random log-gate in [-0.3, 0] (or a float: its scale)."""
+def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_seqlens=None, gate=False,
+              launch=None):
+    """Outputs and gradients (incl. d sink_bias, then d log_gate) of the kernel (backward
+    launched by `launch`) and of the fp32 reference; `gate`: a random log-gate in [-0.3, 0] (or
+    a float: its scale)."""
     B, H, T = inputs[0].shape[:3]
     Hk = inputs[4].shape[1]
     sink_bias = torch.randn(H, device=DEVICE) if bias else None
@@ -260,7 +271,8 @@ def run_sinks(inputs, window, linear, key_valid, sinks, bias, chunk=CHUNK, cu_se
         return dict(sinks=sinks, sink_bias=r[6] if bias else None,
                     log_gate=r[-1][:, :, part] if gate else None)
 
-    y = hybrid_attention_triton(*xs[:6], window, linear, None, key_valid, chunk, cu_seqlens, **extra(xs))
+    y = hybrid_attention_triton(*xs[:6], window, linear, None, key_valid, chunk, cu_seqlens, **extra(xs),
+                                backward_launch=launch)
     if cu_seqlens is None:
         y_ref = hybrid_attention_naive(*refs[:6], window, linear, None, key_valid, **extra(refs))
     else:
@@ -315,11 +327,11 @@ def test_sinks_match_reference_fp16(window, sinks):
     check_sinks(outs, refs, 1e-2)
 
 
-def test_sinks_dkv_key_tiles(monkeypatch):
+def test_sinks_dkv_key_tiles():
     """Sinks with the dk/dv kernel on tiles of half a block: sink keys in both tiles."""
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
     inputs, _ = make_inputs(2, 4, 2, 4, 100, 16, 8, torch.float32)
-    outs, refs = run_sinks(inputs, 20, True, sink_padding(2, 100), 4, True, chunk=32)
+    outs, refs = run_sinks(inputs, 20, True, sink_padding(2, 100), 4, True, chunk=32,
+                           launch=BackwardLaunch(dkv_split=2))
     check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
 
 
@@ -387,12 +399,12 @@ def test_gate_matches_reference_fp16(scale):
     check_sinks(outs, refs, 1e-2)
 
 
-def test_gate_dkv_key_tiles(monkeypatch):
+def test_gate_dkv_key_tiles():
     """The gate with the dk/dv kernel on tiles of half a block (the second tile's keys start
     their cumulative log-gate mid-block)."""
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
     inputs, _ = make_inputs(2, 4, 2, 4, 100, 16, 8, torch.float32)
-    outs, refs = run_sinks(inputs, 20, True, sink_padding(2, 100), 4, True, chunk=32, gate=True)
+    outs, refs = run_sinks(inputs, 20, True, sink_padding(2, 100), 4, True, chunk=32, gate=True,
+                           launch=BackwardLaunch(dkv_split=2))
     check_sinks(outs, refs, 5e-3 if CUDA else 1e-4)
 
 

@@ -78,15 +78,17 @@ def test_native_matches_per_sequence_fp32(lengths, H, Hkv, Hk, window, linear):
 
 
 @pytest.mark.parametrize("lengths,window", [([70, 1, 45, 16], 20), ([33, 64, 5], 40)])
-def test_dkv_key_tiles_match_per_sequence(monkeypatch, lengths, window):
-    """Packed sequences with the dk/dv kernel on half-block key tiles (LOLCATS_DKV_SPLIT=2)."""
+def test_dkv_key_tiles_match_per_sequence(lengths, window):
+    """Packed sequences with the dk/dv kernel on half-block key tiles (dkv_split=2)."""
     pytest.importorskip("triton")
+    from lolcats_kernels.hybrid_attention.triton_bwd import BackwardLaunch
     from lolcats_kernels.hybrid_attention.triton_function import hybrid_attention_triton
 
-    monkeypatch.setenv("LOLCATS_DKV_SPLIT", "2")
     inputs, cu = make_inputs(lengths, 4, 2, 4, 16, 8, torch.float32)
     do = torch.randn(1, 4, sum(lengths), 16, device=DEVICE)
-    outs = grads_of(lambda *x: hybrid_attention_triton(*x, window, True, None, None, 32, cu), inputs, do)
+    launch = BackwardLaunch(dkv_split=2)
+    outs = grads_of(lambda *x: hybrid_attention_triton(*x, window, True, None, None, 32, cu, backward_launch=launch),
+                    inputs, do)
     refs = grads_of(per_sequence_naive(cu, window, True), inputs, do)
     check(outs, refs, max(lengths), 5e-3 if CUDA else 1e-4)
 
