@@ -27,6 +27,20 @@ def smoke_flow(out: str, x: int = 1) -> int:
     return x + 1
 
 
+@task
+def logging_step(n: int) -> int:
+    from prefect import get_run_logger
+
+    get_run_logger().info("progress step %d of 2", n)
+    return n
+
+
+@flow(name="lolcats-progress")
+def progress_flow() -> int:
+    """Two tasks that log, for the watcher's progress lines."""
+    return logging_step(1) + logging_step(2)
+
+
 @flow(name="linearize")
 def linearize_stand_in(preset: str, profile: str | None = None, record: str | None = None,
                        hold: float = 0.0) -> str:
@@ -57,6 +71,24 @@ def test_deployment_runs_through_the_worker(stack, tmp_path):
     ran = json.loads(out.read_text())
     assert ran["x"] == 41 and ran["pid"] != os.getpid()  # ran in the worker's subprocess
     print(f"deployment run round trip: {time.monotonic() - t0:.1f} s")
+
+
+def test_watch_prints_task_states_and_log_lines_while_it_waits(stack, capsys):
+    """`python -m flows.watch RUN` (the main job's wait) shows each task's states and the run's
+    log lines as they come, then the final state."""
+    from prefect.deployments import run_deployment
+
+    from flows import watch
+
+    deployable = progress_flow.from_source(source=str(HERE), entrypoint="test_prefect.py:progress_flow")
+    deployable.deploy(name="progress", work_pool_name="local", print_next_steps=False, ignore_warnings=True)
+    run = run_deployment("lolcats-progress/progress", timeout=0)
+    assert watch.main([str(run.id), "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "task logging_step-" in out and ": Completed" in out
+    assert "progress step 1 of 2" in out and "progress step 2 of 2" in out
+    assert out.index("progress step 1 of 2") < out.index("progress step 2 of 2")
+    assert f"flow run {run.name}: Completed" in out
 
 
 def test_task_that_fails_once_is_retried(stack, tmp_path):
