@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from flows import config as flow_config  # noqa: E402
 from flows.linearize import retry_delays  # noqa: E402
-from tasks import health, registry, tracking  # noqa: E402
+from tasks import health, mlflow_registry, tracking  # noqa: E402
 
 
 def resolve_version(name: str, version: str):
@@ -42,7 +42,7 @@ def download_checkpoint(name: str, mv, root: Path) -> Path:
     """The version's lolcats checkpoint under `root/<name>-v<n>` (downloaded once)."""
     import mlflow
 
-    from tasks.pyfunc import checkpoint_in
+    from tasks.pyfunc_logging import checkpoint_in
 
     target = root / f"{name}-v{mv.version}"
     if not (target / "MLmodel").is_file():
@@ -60,28 +60,37 @@ def download_checkpoint(name: str, mv, root: Path) -> Path:
 
 
 @flow(name="evaluate", log_prints=True)
-def evaluate(preset: str = "smollm2-135m", version: str = "champion", profile: str | None = None,
-             overrides: list[str] | None = None, config: str | None = None) -> dict:
-    """Evaluate version/alias `version` of `lolcats-<name>`; returns its flat metrics."""
-    from tasks import evaluation, steps
+def evaluate(preset: flow_config.Preset = "smollm2-135m", version: str = "champion",
+             profile: flow_config.Profile | None = None, overrides: list[str] | None = None,
+             config: str | None = None) -> dict:
+    """Evaluate version/alias `version` of `lolcats-<name>`; returns its flat metrics.
+
+    Args:
+        preset: a shipped config, configs/<preset>.yaml (its `eval:` settings and teacher).
+        version: a version number or an alias (champion, candidate) of the registered model.
+        profile: a named set of settings of that config; none: the config's own settings.
+        overrides: settings as "key=value" with dotted keys, e.g. "eval.passkey_trials=10".
+        config: path of a run config YAML to use instead of the preset's.
+    """
+    from tasks import evaluation, pipeline_tasks
     from tasks.metrics import flat_metrics, merge_reports
-    from tasks.register import artifact_key, evaluation_markdown
+    from tasks.register_task import artifact_key, evaluation_markdown
 
     logger = get_run_logger()
     cfg = flow_config.load(preset, profile, overrides, config)
     health.check_prefect()
     health.check_mlflow()
     health.check_s3()
-    name = registry.model_name(cfg.name)
+    name = mlflow_registry.model_name(cfg.name)
     mv = resolve_version(name, version)
     ckpt = download_checkpoint(name, mv, Path(cfg.output_dir) / cfg.name / "registry")
     logger.info("evaluating %s v%s (%s) from %s", name, mv.version, version, ckpt)
     run_id = tracking.start_run(name, run_name=f"evaluate-v{mv.version}",
                                 tags={"lolcats.evaluated_version": str(mv.version)})
-    opts = {"retry_delay_seconds": retry_delays(steps.BACKOFF)}
+    opts = {"retry_delay_seconds": retry_delays(pipeline_tasks.BACKOFF)}
     status = "FAILED"
     try:
-        data, _ = steps.prepare_data.with_options(**opts)(cfg, run_id)
+        data, _ = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)
         reports = {}
         for who, path in (("teacher", None), ("linearized", str(ckpt))):
             reports[who] = merge_reports(

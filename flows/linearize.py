@@ -37,7 +37,7 @@ def retry_delays(default):
 
 def start_tracking(cfg, preset: str | None, profile: str | None, overrides: list[str] | None) -> str:
     """The MLflow run of this flow run, with the resolved config as params."""
-    from tasks.registry import git_commit, model_name
+    from tasks.mlflow_registry import git_commit, model_name
 
     ctx = get_run_context()
     fr = ctx.flow_run
@@ -51,13 +51,22 @@ def start_tracking(cfg, preset: str | None, profile: str | None, overrides: list
 
 
 @flow(name="linearize", log_prints=True)
-def linearize(preset: str = "smollm2-135m", profile: str | None = None,
+def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.Profile | None = None,
               overrides: list[str] | None = None, config: str | None = None) -> dict:
     """Linearize the model of `configs/<preset>.yaml` (or of `config`, a YAML path) with
     `profile` and `overrides` ("key=value") applied, evaluate it against the teacher and
-    register it. Returns {"registered": models:/..., "version", "created", "promoted", ...}."""
+    register it. Returns {"registered": models:/..., "version", "created", "promoted", ...}.
+
+    Args:
+        preset: a shipped config, configs/<preset>.yaml.
+        profile: a named set of settings of that config (e.g. cpu-smoke, gpu); none: the
+            config's own settings.
+        overrides: settings as "key=value" with dotted keys, e.g. "stage1.lr=0.005".
+        config: path of a run config YAML to use instead of the preset's (its profiles must
+            carry one of the shipped profile names).
+    """
     from lolcats_core.summary import format_summary
-    from tasks import evaluation, register, steps
+    from tasks import evaluation, pipeline_tasks, register_task
 
     logger = get_run_logger()
     cfg = flow_config.load(preset, profile, overrides, config)  # fails fast on bad input
@@ -66,13 +75,13 @@ def linearize(preset: str = "smollm2-135m", profile: str | None = None,
     health.check_s3()
     logger.info("linearizing %s (%s) on %s; outputs under %s/%s", cfg.model, cfg.name,
                 cfg.resolved_device(), cfg.output_dir, cfg.name)
-    opts = {"retry_delay_seconds": retry_delays(steps.BACKOFF)}
+    opts = {"retry_delay_seconds": retry_delays(pipeline_tasks.BACKOFF)}
     run_id = start_tracking(cfg, preset, profile, overrides)
     status = "FAILED"
     try:
-        data, base = steps.prepare_data.with_options(**opts)(cfg, run_id)
-        stage1 = steps.attention_transfer.with_options(**opts)(cfg, data, base, run_id)
-        stage2 = steps.lora_adjust.with_options(**opts)(cfg, data, stage1, run_id)
+        data, base = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)
+        stage1 = pipeline_tasks.attention_transfer.with_options(**opts)(cfg, data, base, run_id)
+        stage2 = pipeline_tasks.lora_adjust.with_options(**opts)(cfg, data, stage1, run_id)
         reports = {}
         for name, path in (("teacher", None), ("linearized", stage2["model"])):
             from tasks.metrics import merge_reports
@@ -80,7 +89,7 @@ def linearize(preset: str = "smollm2-135m", profile: str | None = None,
             passkey = evaluation.evaluate_passkey.with_options(**opts)(cfg, data, path, name, run_id)
             lm = evaluation.evaluate_lm_eval.with_options(**opts)(cfg, data, path, name, run_id)
             reports[name] = merge_reports(lm, passkey)
-        reg = register.register_model.with_options(**opts)(
+        reg = register_task.register_model.with_options(**opts)(
             cfg, run_id, stage1, stage2, reports["teacher"], reports["linearized"], data.fingerprint)
         status = "FINISHED"
     finally:
@@ -93,7 +102,7 @@ def linearize(preset: str = "smollm2-135m", profile: str | None = None,
              f"registered: {reg['uri']}" + ("" if reg["created"] else " (already registered; nothing new)"),
              f"model version page: {reg['url']}"]
     text = "\n".join(lines)
-    create_markdown_artifact(key=register.artifact_key("linearize-summary", cfg.name), markdown=text,
+    create_markdown_artifact(key=register_task.artifact_key("linearize-summary", cfg.name), markdown=text,
                              description=f"linearize {cfg.name}")
     print(text)
     return {"registered": reg["uri"], "version": reg["version"], "created": reg["created"],

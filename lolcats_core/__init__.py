@@ -4,7 +4,8 @@ Importing the package registers the `lolcats` checkpoint type with transformers'
 classes, so `AutoModelForCausalLM.from_pretrained(dir)` loads linearized checkpoints.
 """
 
-from .checkpoint import load_linearized, register_auto_classes, save_linearized
+from .checkpoint import load_linearized, register_auto_classes
+from .checkpoint_save import save_linearized
 from .config import LinearizeConfig
 from .convert import SUPPORTED_ARCHITECTURES, freeze_for_attention_transfer, linearize
 from .errors import CheckpointError, ConfigError, LolcatsError, UnsupportedModelError

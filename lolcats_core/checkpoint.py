@@ -1,4 +1,5 @@
-"""Linearized checkpoints: config.json + safetensors, loadable with `AutoModelForCausalLM`.
+"""Loading linearized checkpoints (config.json + safetensors; written by `checkpoint_save`),
+also through `AutoModelForCausalLM` once `register_auto_classes` ran.
 
 Layout of a checkpoint directory:
 
@@ -13,114 +14,28 @@ base model whose config or weight fingerprint differs from the recorded one.
 """
 
 import copy
-import hashlib
+import json
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-from peft import PeftModel, get_peft_model_state_dict, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig
+from peft import set_peft_model_state_dict
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from transformers.initialization import no_init_weights
 
+from .checkpoint_save import WEIGHTS_NAME, LolcatsConfig, attention_state
 from .config import LinearizeConfig
-from .convert import base_model, linearize
+from .convert import linearize
 from .errors import CheckpointError
-from .lora import LoraSettings
-from .presets import load_base_model, weight_fingerprint
+from .hashing import sha256_file
+from .lora import LoraSettings, add_lora
+from .presets import TOKENIZER_FILES, load_base_model, resolve, weight_fingerprint
 
-WEIGHTS_NAME = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Fields of the base config that must match for adapter weights to apply.
 SHAPE_FIELDS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                 "num_key_value_heads", "head_dim", "intermediate_size", "vocab_size")
-
-
-class LolcatsConfig(PretrainedConfig):
-    """config.json of a linearized checkpoint (model_type "lolcats")."""
-
-    model_type = "lolcats"
-
-    def __init__(self, base_model=None, base_config=None, linearization=None, lora=None,
-                 weights=None, **kwargs):
-        self.base_model = base_model or {}
-        self.base_config = base_config or {}
-        self.linearization = linearization or {}
-        self.lora = lora
-        self.weights = weights or {}
-        super().__init__(**kwargs)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _attention_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Feature-map and gate tensors, keyed by their names in the unwrapped model."""
-    keys = ("feature_map_q.", "feature_map_k.", "window_gate", "sink_logit", "state_gate.")
-    return {k: v for k, v in base_model(model).state_dict().items() if any(s in k for s in keys)}
-
-
-def _full_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Every tensor once, LoRA merged into its projection without modifying the model.
-
-    Tied (shared-storage) duplicates are dropped and re-tied on load.
-    """
-    inner = base_model(model)
-    deltas = {f"{name}.weight": m.get_delta_weight(m.active_adapters[0])
-              for name, m in inner.named_modules() if isinstance(m, LoraLayer)}
-    seen, state = set(), {}
-    for k, v in inner.state_dict().items():
-        if ".lora_" in k or v.data_ptr() in seen:
-            continue
-        seen.add(v.data_ptr())
-        k = k.replace(".base_layer.", ".")
-        state[k] = (v + deltas[k].to(v.dtype)) if k in deltas else v
-    return state
-
-
-def save_linearized(model: nn.Module, save_directory, tokenizer=None, merge_lora: bool = False,
-                    **_ignored) -> Path:
-    """Save a linearized model (optionally wrapped by peft) as a lolcats checkpoint.
-
-    Args:
-        model: linearized model, or a `PeftModel` around one (stage 2).
-        save_directory: target directory (created).
-        tokenizer: saved beside the weights when given.
-        merge_lora: "full" checkpoint with every weight and LoRA merged into the projections
-            (the model itself is left unchanged); otherwise "adapter".
-    """
-    out = Path(save_directory)
-    out.mkdir(parents=True, exist_ok=True)
-    inner = base_model(model)
-    base = getattr(inner.config, "lolcats_base", None)
-    if not getattr(inner.config, "lolcats", None) or not base:
-        raise CheckpointError("save_linearized needs a model from load_base_model() + linearize()")
-    lora = getattr(inner.config, "lolcats_lora", None) if isinstance(model, PeftModel) else None
-    if merge_lora:
-        state, contents, lora = _full_state(model), "full", None
-    else:
-        state, contents = _attention_state(model), "adapter"
-        if lora is not None:
-            state.update({f"lora::{k}": v for k, v in get_peft_model_state_dict(model).items()})
-    state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    save_file(state, out / WEIGHTS_NAME, metadata={"format": "pt", "contents": contents})
-    base_config = {k: v for k, v in inner.config.to_dict().items()
-                   if k not in ("lolcats", "lolcats_base", "lolcats_lora")}
-    cfg = LolcatsConfig(
-        base_model=base, base_config=base_config, linearization=inner.config.lolcats, lora=lora,
-        weights={"file": WEIGHTS_NAME, "contents": contents, "sha256": _sha256(out / WEIGHTS_NAME)},
-        architectures=["LolcatsForCausalLM"],
-    )
-    cfg.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    return out
 
 
 def _check_directory(path: Path) -> None:
@@ -177,7 +92,7 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
     path = Path(path)
     _check_directory(path)
     cfg = LolcatsConfig.from_pretrained(path)
-    if _sha256(path / WEIGHTS_NAME) != cfg.weights.get("sha256"):
+    if sha256_file(path / WEIGHTS_NAME) != cfg.weights.get("sha256"):
         raise CheckpointError(
             f"{path / WEIGHTS_NAME} was modified after saving (sha256 differs from config.json); "
             "refusing to load a tampered checkpoint")
@@ -199,10 +114,8 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
     linearize(model, lin)
     lora_state = {k.removeprefix("lora::"): v for k, v in state.items() if k.startswith("lora::")}
     attn_state = {k: v for k, v in state.items() if not k.startswith("lora::")}
-    _load_into(model, attn_state, allow_missing=set(model.state_dict()) - set(_attention_state(model)))
+    _load_into(model, attn_state, allow_missing=set(model.state_dict()) - set(attention_state(model)))
     if cfg.lora:
-        from .lora import add_lora
-
         model = add_lora(model, LoraSettings(**cfg.lora))
         result = set_peft_model_state_dict(model, lora_state)
         if result.unexpected_keys:
@@ -210,6 +123,28 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
         if merge_lora:
             model = model.merge_and_unload()
     return model.to(device=device, dtype=dtype).eval()
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether `path` is a lolcats checkpoint directory (its config.json has model_type lolcats)."""
+    cfg = Path(path) / "config.json"
+    return cfg.exists() and json.loads(cfg.read_text()).get("model_type") == "lolcats"
+
+
+def load_for_inference(name: str, linearize_untrained: LinearizeConfig | None = None, device: str = "cpu"):
+    """(model, tokenizer) for a lolcats checkpoint, a preset or a base-model path; a base model
+    is linearized with untrained feature maps when `linearize_untrained` is given."""
+    if is_checkpoint(name):
+        model = load_linearized(name, device=device)
+        d = Path(name)
+        base = json.loads((d / "config.json").read_text())["base_model"]["id"]
+        has_tok = any((d / f).exists() for f in TOKENIZER_FILES)
+        tokenizer = AutoTokenizer.from_pretrained(d if has_tok else resolve(base)[0])
+        return model, tokenizer
+    model, tokenizer, _ = load_base_model(name, dtype=torch.float32, device=device)
+    if linearize_untrained is not None:
+        linearize(model, linearize_untrained)
+    return model.eval(), tokenizer
 
 
 class LolcatsForCausalLM:

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from .checkpoint import is_checkpoint, load_for_inference
 from .config import ATTENTION_KINDS, LinearizeConfig
 from .errors import LolcatsError
 from .feature_maps import FEATURE_MAPS
@@ -48,33 +49,6 @@ def cmd_plan(args) -> None:
     lin, lora = _linearize_config(args), LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
     plan = make_plan(args.model, lin, lora)
     print(json.dumps(plan.__dict__, indent=1) if args.json else format_plan(plan, lin, lora))
-
-
-def _is_checkpoint(path: str) -> bool:
-    cfg = Path(path) / "config.json"
-    return cfg.exists() and json.loads(cfg.read_text()).get("model_type") == "lolcats"
-
-
-def load_for_inference(name: str, linearize_untrained: LinearizeConfig | None = None, device: str = "cpu"):
-    """(model, tokenizer) for a lolcats checkpoint, a preset or a base-model path."""
-    import torch
-    from transformers import AutoTokenizer
-
-    from .checkpoint import load_linearized
-    from .convert import linearize
-    from .presets import TOKENIZER_FILES, load_base_model, resolve
-
-    if _is_checkpoint(name):
-        model = load_linearized(name, device=device)
-        d = Path(name)
-        base = json.loads((d / "config.json").read_text())["base_model"]["id"]
-        has_tok = any((d / f).exists() for f in TOKENIZER_FILES)
-        tokenizer = AutoTokenizer.from_pretrained(d if has_tok else resolve(base)[0])
-        return model, tokenizer
-    model, tokenizer, _ = load_base_model(name, dtype=torch.float32, device=device)
-    if linearize_untrained is not None:
-        linearize(model, linearize_untrained)
-    return model.eval(), tokenizer
 
 
 def cmd_generate(args) -> None:
@@ -132,7 +106,7 @@ def cmd_evaluate(args) -> None:
         cfg = load_run_config(args.config, args.profile, args.set)
     else:  # default evaluation; held-out text from ShareGPT as the base model's tokenizer renders it
         base = (json.loads((Path(args.model) / "config.json").read_text())["base_model"]["id"]
-                if _is_checkpoint(args.model) else args.model)
+                if is_checkpoint(args.model) else args.model)
         tree = {"name": "evaluate", "model": base, "data": {"train_tokens": 1024, "seq_len": 1024}}
         cfg = load_run_config(tree=tree, overrides=args.set)
     model, tok = load_for_inference(args.model)

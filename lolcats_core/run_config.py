@@ -31,6 +31,7 @@ from .config import LinearizeConfig
 from .data import DataConfig
 from .errors import ConfigError
 from .evaluation import EvalConfig
+from .gate import gate_rules
 from .lora import LoraSettings
 from .presets import PRESETS
 from .training import TrainConfig
@@ -250,4 +251,5 @@ def load_run_config(path: str | Path | None = None, profile: str | None = None,
         source=json.loads(json.dumps(resolved, default=str)),
     )
     _check_model(cfg.model)
+    gate_rules(cfg.gate)  # an unknown gate setting fails now, not after training
     return cfg

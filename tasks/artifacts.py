@@ -38,6 +38,8 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from lolcats_core.hashing import sha256_file
+
 log = logging.getLogger("lolcats.artifacts")
 T = TypeVar("T")
 
@@ -148,14 +150,6 @@ def _retry(what: str, fn: Callable[[], T], settings: S3Settings) -> T:
 
 
 # --- helpers ------------------------------------------------------------------------------
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _files(local_dir: Path) -> list[Path]:

@@ -13,9 +13,9 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks import step_store, tracking
+from tasks import step_artifacts, tracking
 from tasks.metrics import flat_metrics
-from tasks.steps import BACKOFF, RETRIES
+from tasks.pipeline_tasks import BACKOFF, RETRIES
 
 
 def _evaluate(cfg, data, model_path: str | None, name: str, part: str, run_id: str | None) -> dict:
@@ -24,7 +24,7 @@ def _evaluate(cfg, data, model_path: str | None, name: str, part: str, run_id: s
     logger = get_run_logger()
     rec = pipeline.evaluate_step(cfg, data, model_path, name)
     step_dir = Path(rec["dir"])
-    step_store.publish(step_dir, step_store.step_key(cfg.name, step_dir),
+    step_artifacts.publish(step_dir, step_artifacts.step_key(cfg.name, step_dir),
                        metadata={"step": f"evaluate-{part}", "model": name})
     report = rec["report"]
     metrics = flat_metrics(report)

@@ -5,6 +5,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+from ..hashing import sha256_file
 from .assets import ESSAYS_DIR, SHAKESPEARE_DIR, SHAREGPT_FILE, asset_path
 from .config import DataConfig
 from .errors import DataError
@@ -29,11 +30,7 @@ def hash_path(path: str | Path) -> str:
 
 @lru_cache(maxsize=256)
 def _hash_file(path: str, size: int, mtime_ns: int) -> str:  # size/mtime key the cache
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -19,9 +19,9 @@ from tqdm.auto import tqdm
 
 from ..attention import LolcatsAttention
 from ..config import LinearizeConfig
-from ..convert import decoder_layers
 from ..data import PasskeyGenerator, check_fits
 from ..errors import LolcatsError
+from ..model_parts import decoder_layers
 from .plots import plot_retrieval_scores
 from .runtime import evaluating, model_device
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..convert import base_model
+from ..model_parts import base_model
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 
 

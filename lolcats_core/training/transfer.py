@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..convert import base_model, freeze_for_attention_transfer, linearized_attentions
+from ..convert import freeze_for_attention_transfer, linearized_attentions
+from ..model_parts import base_model
 from .loop import BatchSource, NonFiniteLossError, TrainConfig, TrainResult, restore_best, train_loop
 
 

@@ -11,6 +11,7 @@ import torch
 
 from lolcats_core import LinearizeConfig, linearize, presets
 from lolcats_core.errors import ConfigError
+from lolcats_core.hashing import sha256_files
 from lolcats_core.presets import GGUFPart, GGUFSource, Preset
 from qwen_slice import load_qwen_slice
 
@@ -176,7 +177,7 @@ def test_qwen_run_config_profiles_and_deployment():
 def test_the_installed_parts_join_to_the_expected_gguf():
     paths = [presets._part_path("qwen2.5-0.5b", part) for part in presets.QWEN_GGUF.parts]
     assert sum(p.stat().st_size for p in paths) == 491_400_064
-    assert presets._hash_files(paths) == presets.QWEN_GGUF.sha256
+    assert sha256_files(paths) == presets.QWEN_GGUF.sha256
 
 
 @pytest.mark.slow

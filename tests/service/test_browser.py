@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks import registry as R
+from tasks import mlflow_registry as R
 
 pytestmark = pytest.mark.stack
 REPO = Path(__file__).resolve().parents[2]

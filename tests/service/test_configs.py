@@ -3,7 +3,8 @@
 import pytest
 
 from flows import config as flow_config
-from tasks.gate import GateConfigError, gate_rules
+from lolcats_core.errors import ConfigError
+from lolcats_core.gate import gate_rules
 
 GPU_PRESETS = ("llama3-8b", "llama3.2-1b", "mistral-7b")
 
@@ -43,5 +44,21 @@ def test_config_errors_say_what_to_do(tmp_path):
         flow_config.load("llama3-8b", "tpu")
     with pytest.raises(flow_config.FlowConfigError, match="stage1.lr=oops|lr must be"):
         flow_config.load("llama3-8b", "gpu", ["stage1.lr=-1"])
-    with pytest.raises(GateConfigError, match="unknown setting 'max_ppl'"):
+    with pytest.raises(ConfigError, match="unknown setting 'max_ppl'"):
         gate_rules({"max_ppl": 1.1})
+    with pytest.raises(flow_config.FlowConfigError, match="gate: unknown setting 'max_ppl'"):
+        flow_config.load("llama3-8b", "gpu", ["gate.max_ppl=1.1"])
+
+
+@pytest.mark.parametrize("flow_module", ["linearize", "evaluate"])
+def test_flow_parameters_offer_the_shipped_presets_and_profiles(flow_module):
+    """The Prefect UI's run form: preset and profile are choices, each parameter described."""
+    import importlib
+
+    module = importlib.import_module(f"flows.{flow_module}")
+    schema = getattr(module, flow_module).parameters.model_dump()["properties"]
+    assert schema["preset"]["enum"] == flow_config.available_presets()
+    assert {"smollm2-135m", "qwen2.5-0.5b", "llama3-8b"} <= set(schema["preset"]["enum"])
+    (choices,) = [s for s in schema["profile"]["anyOf"] if "enum" in s]
+    assert {"cpu-smoke", "gpu", "gpu-passkey"} <= set(choices["enum"])
+    assert all(schema[name].get("description") for name in ("preset", "profile", "overrides", "config"))

@@ -62,7 +62,7 @@ def test_cli_run_registers_one_version_with_metrics_and_artifacts(stack, tiny_ro
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    from tasks import artifacts, step_store
+    from tasks import artifacts, step_artifacts
     from tasks.tracking import client
 
     run = tiny_run["flow_run"]
@@ -91,12 +91,12 @@ def test_cli_run_registers_one_version_with_metrics_and_artifacts(stack, tiny_ro
 
     # every finished step is a complete artifact in S3; trainer checkpoints were shipped
     for step_dir in (tiny_root / "runs" / "tiny-cli").iterdir():
-        key = step_store.step_key("tiny-cli", step_dir)
+        key = step_artifacts.step_key("tiny-cli", step_dir)
         manifest = artifacts.read_manifest(key)
         assert manifest is not None, f"{key} not complete in S3"
         assert "done.json" in manifest["files"] and not any(f.startswith("trainer/") for f in manifest["files"])
         if step_dir.name.startswith("stage"):
-            assert artifacts.is_complete(step_store.checkpoint_key("tiny-cli", step_dir))
+            assert artifacts.is_complete(step_artifacts.checkpoint_key("tiny-cli", step_dir))
 
     with get_client(sync_client=True) as pc:
         arts = pc.read_artifacts(artifact_filter=ArtifactFilter(
@@ -146,10 +146,10 @@ def test_champion_pyfunc_generates_and_evaluate_flow(stack, tiny_run, tiny_deplo
 
 
 def _stage1_checkpoint_key(root: Path, run: str) -> str | None:
-    from tasks import step_store
+    from tasks import step_artifacts
 
     dirs = list((root / "runs" / run).glob("stage1-*"))
-    return step_store.checkpoint_key(run, dirs[0]) if dirs else None
+    return step_artifacts.checkpoint_key(run, dirs[0]) if dirs else None
 
 
 def _wait_for(pred, timeout: float, what: str, poll: float = 0.2):
@@ -165,7 +165,7 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
     """S3 stops while stage 1 ships checkpoints; stage 1 ends while it is down, so its output
     upload fails and the task fails once; S3 comes back and the retried task succeeds."""
     from flows.linearize import linearize
-    from tasks import artifacts, step_store
+    from tasks import artifacts, step_artifacts
 
     monkeypatch.setenv("LOLCATS_S3_RETRY_SECONDS", "3")
     monkeypatch.setenv("LOLCATS_TASK_RETRY_DELAYS", "5,10,20,40")
@@ -195,13 +195,13 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
     assert "could not ship the step" in logs and "done before (local), skipping" in logs
     # nothing partial: every artifact is complete and verifies; one version, complete model
     for d in (tiny_root / "runs" / "tiny-s3").iterdir():
-        artifacts.download_dir(step_store.step_key("tiny-s3", d), tiny_root / "verify" / d.name)
+        artifacts.download_dir(step_artifacts.step_key("tiny-s3", d), tiny_root / "verify" / d.name)
     (mv,) = _versions("lolcats-tiny-s3")
     import mlflow
 
     got = Path(mlflow.artifacts.download_artifacts(artifact_uri="models:/lolcats-tiny-s3/1",
                                                    dst_path=str(tiny_root / "verify-model")))
-    from tasks.pyfunc import checkpoint_in
+    from tasks.pyfunc_logging import checkpoint_in
 
     local = stage1.parent / Path(state.result()["stage2_dir"]).name / "model"
     for f in local.iterdir():
@@ -271,8 +271,8 @@ def test_bad_input_fails_fast_with_a_clear_error(stack, tiny_root, tmp_path, mon
             state.result()
         return str(exc.value)
 
-    msg = error_of(preset="no-such-model")
-    assert "unknown preset 'no-such-model'" in msg and "smollm2-135m" in msg
+    msg = error_of(preset="no-such-model")  # the flow's parameter type lists the choices
+    assert "preset: Input should be" in msg and "smollm2-135m" in msg and "qwen2.5-0.5b" in msg
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: x\nmodel: [unclosed\n")
     assert "not valid YAML" in error_of(config=str(bad))

@@ -81,7 +81,7 @@ def test_service_that_dies_names_its_log(stack, tmp_path, port):
 def test_unreachable_servers_give_clear_errors(stack, port):
     from tasks.artifacts import S3Settings, StoreUnreachable, upload_dir
     from tasks.health import ServiceUnreachable, check_mlflow, check_prefect, check_s3
-    from tasks.registry import VersionInfo, register_version
+    from tasks.mlflow_registry import VersionInfo, register_version
 
     dead = f"http://127.0.0.1:{port()}"
     for check, var in ((check_prefect, "PREFECT_API_URL"), (check_mlflow, "MLFLOW_TRACKING_URI")):

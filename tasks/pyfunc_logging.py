@@ -1,11 +1,11 @@
-"""Log a lolcats checkpoint as an MLflow pyfunc model (see tasks/lolcats_pyfunc.py)."""
+"""Log a lolcats checkpoint as an MLflow pyfunc model (see tasks/pyfunc_model.py)."""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-CODE = Path(__file__).with_name("lolcats_pyfunc.py")
+CODE = Path(__file__).with_name("pyfunc_model.py")
 REQUIREMENTS = ("torch", "transformers", "safetensors", "peft", "tokenizers", "mlflow")
 
 

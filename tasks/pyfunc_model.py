@@ -37,7 +37,7 @@ class LolcatsTextModel(PythonModel):
 
     def load_context(self, context):
         import lolcats_core  # noqa: F401 - registers the `lolcats` model type
-        from lolcats_core.cli import load_for_inference
+        from lolcats_core.checkpoint import load_for_inference
 
         self.model, self.tokenizer = load_for_inference(context.artifacts["checkpoint"])
         self.model.eval()

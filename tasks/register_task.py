@@ -16,10 +16,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import registry
-from tasks.gate import gate_rules
+from tasks import mlflow_registry
 from tasks.metrics import flat_metrics
-from tasks.steps import BACKOFF, RETRIES
+from tasks.pipeline_tasks import BACKOFF, RETRIES
 
 
 def artifact_key(*parts: str) -> str:
@@ -37,12 +36,13 @@ def evaluation_markdown(teacher: dict, student: dict) -> str:
 def register_model(cfg, run_id: str, stage1: dict, stage2: dict, teacher: dict, student: dict,
                    data_fingerprint: str) -> dict:
     """Register (or find) the model version; gate and promote a new one; Prefect artifacts."""
-    from tasks.pyfunc import log_pyfunc_model
+    from lolcats_core.gate import gate_rules, quality_gate
+    from tasks.pyfunc_logging import log_pyfunc_model
 
     logger = get_run_logger()
-    name = registry.model_name(cfg.name)
+    name = mlflow_registry.model_name(cfg.name)
     base = stage1["base"]
-    info = registry.VersionInfo(
+    info = mlflow_registry.VersionInfo(
         fingerprint=Path(stage2["dir"]).name, base_model=base["id"],
         base_revision=base["revision"], data_fingerprint=data_fingerprint,
         extra_tags={"lolcats.base_fingerprint": base["fingerprint"], "lolcats.config": cfg.name})
@@ -52,17 +52,14 @@ def register_model(cfg, run_id: str, stage1: dict, stage2: dict, teacher: dict, 
         mi = log_pyfunc_model(rid, src)
         return mi.model_uri, mi.model_id
 
-    reg = registry.register_version(name, stage2["model"], info, metrics=metrics,
+    reg = mlflow_registry.register_version(name, stage2["model"], info, metrics=metrics,
                                     teacher_metrics=teacher_metrics, run_id=run_id,
                                     log_model=log_model)
-    url = registry.version_url(name, reg.version)
+    url = mlflow_registry.version_url(name, reg.version)
     promoted = None
     if reg.created:
-        gate = registry.quality_gate(metrics, teacher_metrics, gate_rules(cfg.gate))
-        if not gate.checks:
-            gate.passed = False
-            gate.checks["gate"] = "no gate configured: not promoted"
-        promoted = registry.promote(name, reg.version, gate)
+        gate = quality_gate(metrics, teacher_metrics, gate_rules(cfg.gate))
+        promoted = mlflow_registry.promote(name, reg.version, gate)
         logger.info("registered %s (%s); gate %s", reg.uri, url, gate.summary())
         gate_line = gate.summary()
     else:

@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from tasks import step_store, tracking
+from tasks import step_artifacts, tracking
 
 RETRIES = 3
 BACKOFF = exponential_backoff(backoff_factor=10)  # 10, 20, 40 s (+ jitter)
@@ -31,12 +31,12 @@ def _stage_hook(cfg, run_id: str | None, stage: str, step_dir: Path):
     trainer checkpoint (written just before) to S3 (failures only warn: the final output
     upload is retried by the task; the checkpoint only shortens a resume)."""
     logger = get_run_logger()
-    key = step_store.checkpoint_key(cfg.name, step_dir)
+    key = step_artifacts.checkpoint_key(cfg.name, step_dir)
 
     def on_eval(step: int, metrics: dict) -> None:
         tracking.log_metrics(run_id, metrics, step=step, prefix=f"{stage}.", strict=False)
         try:
-            step_store.ship_checkpoint(step_dir / "trainer", key)
+            step_artifacts.ship_checkpoint(step_dir / "trainer", key)
             logger.info("%s: step %d checkpoint shipped to %s", stage, step, key)
         except Exception as e:  # noqa: BLE001
             logger.warning("%s: could not ship the step-%d checkpoint to S3 (%s); training "
@@ -45,7 +45,7 @@ def _stage_hook(cfg, run_id: str | None, stage: str, step_dir: Path):
 
 
 def _resume_note(stage: str, step_dir: Path, cfg) -> None:
-    step, where = step_store.restore_checkpoint(step_dir, step_store.checkpoint_key(cfg.name, step_dir))
+    step, where = step_artifacts.restore_checkpoint(step_dir, step_artifacts.checkpoint_key(cfg.name, step_dir))
     logger = get_run_logger()
     if step is None:
         logger.info("%s: starting from scratch in %s", stage, step_dir)
@@ -56,7 +56,9 @@ def _resume_note(stage: str, step_dir: Path, cfg) -> None:
 
 def _finish(cfg, run_id, stage: str, rec: dict, step_dir: Path, fresh: bool) -> dict:
     """Publish a finished step, log its summary metrics and figures to MLflow."""
-    step_store.publish(step_dir, step_store.step_key(cfg.name, step_dir),
+    from lolcats_core.pipeline import DONE
+
+    step_artifacts.publish(step_dir, step_artifacts.step_key(cfg.name, step_dir),
                        metadata={"step": stage, "run": cfg.name})
     summary = {k: rec[k] for k in ("steps", "tokens", "seconds", "trainable_parameters") if k in rec}
     tracking.log_metrics(run_id, summary, prefix=f"{stage}.")
@@ -68,7 +70,7 @@ def _finish(cfg, run_id, stage: str, rec: dict, step_dir: Path, fresh: bool) -> 
                                  step=h["step"], prefix=f"{stage}.")
     for png in step_dir.glob("*.png"):
         tracking.log_artifact(run_id, png, f"plots/{stage}")
-    tracking.log_artifact(run_id, step_dir / "done.json", f"steps/{stage}")
+    tracking.log_artifact(run_id, step_dir / DONE, f"steps/{stage}")
     return rec
 
 
@@ -100,7 +102,7 @@ def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict
 
     logger = get_run_logger()
     step_dir = pipeline.stage1_dir(cfg, base["fingerprint"], data.fingerprint)
-    rec, where = step_store.restore(step_dir, step_store.step_key(cfg.name, step_dir))
+    rec, where = step_artifacts.restore(step_dir, step_artifacts.step_key(cfg.name, step_dir))
     if rec is not None:
         logger.info("attention_transfer: done before (%s), skipping: %s", where, step_dir)
         return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=False)
@@ -117,7 +119,7 @@ def lora_adjust(cfg, data, stage1: dict, run_id: str | None = None) -> dict:
 
     logger = get_run_logger()
     step_dir = pipeline.stage2_dir(cfg, stage1)
-    rec, where = step_store.restore(step_dir, step_store.step_key(cfg.name, step_dir))
+    rec, where = step_artifacts.restore(step_dir, step_artifacts.step_key(cfg.name, step_dir))
     if rec is not None:
         logger.info("lora_adjust: done before (%s), skipping: %s", where, step_dir)
         return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=False)

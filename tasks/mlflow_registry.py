@@ -22,12 +22,16 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from tasks.health import check_mlflow
+
+if TYPE_CHECKING:
+    from lolcats_core.gate import GateResult
 
 log = logging.getLogger("lolcats.registry")
 TAG = "lolcats."
@@ -133,7 +137,7 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
     the alias `alias` (default `candidate`).
 
     `log_model(run_id, artifact_dir) -> (source uri, model id or None)` replaces the plain
-    artifact copy, e.g. to log an MLflow pyfunc model (`tasks.pyfunc`); the version then
+    artifact copy, e.g. to log an MLflow pyfunc model (`tasks.pyfunc_logging`); the version then
     points at that logged model.
     """
     c = _client(tracking_uri)
@@ -197,51 +201,12 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
     return Registered(name, int(mv.version), run_id, created=True)
 
 
-@dataclass
-class GateResult:
-    """Outcome of a quality gate: `passed` plus one human-readable line per check."""
-
-    passed: bool
-    checks: dict[str, str] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        return ("PASSED" if self.passed else "FAILED") + ": " + "; ".join(
-            f"{k}: {v}" for k, v in self.checks.items())
-
-
-def quality_gate(metrics: dict[str, float], teacher: dict[str, float],
-                 rules: dict[str, tuple[str, float]]) -> GateResult:
-    """Compare student `metrics` with the `teacher`'s by `rules`:
-
-    `{"ppl": ("max_ratio", 1.10)}`   student <= 1.10 * teacher (lower is better)
-    `{"acc": ("min_delta", -0.01)}`  student >= teacher - 0.01 (higher is better)
-    A metric missing on either side fails its check.
-    """
-    checks, ok = {}, True
-    for key, (kind, bound) in rules.items():
-        s, t = metrics.get(key), teacher.get(key)
-        if s is None or t is None or not math.isfinite(s):
-            checks[key], ok = f"missing or non-finite ({s} vs teacher {t})", False
-            continue
-        if kind == "max_ratio":
-            good = s <= bound * t
-            checks[key] = f"{s:.4g} vs teacher {t:.4g} (<= {bound:g}x): {'ok' if good else 'fail'}"
-        elif kind == "min_delta":
-            good = s >= t + bound
-            checks[key] = f"{s:.4g} vs teacher {t:.4g} (>= {bound:+g}): {'ok' if good else 'fail'}"
-        else:
-            raise ValueError(f"quality_gate: unknown rule kind {kind!r} for {key!r}; "
-                             "use 'max_ratio' or 'min_delta'")
-        ok &= good
-    return GateResult(ok, checks)
-
-
-def promote(name: str, version: int | str, gate: GateResult | bool, *,
+def promote(name: str, version: int | str, result: GateResult, *,
             alias: str = CHAMPION, tracking_uri: str | None = None) -> bool:
-    """Point `alias` (default `champion`) at `version` if the gate passed; record the gate
-    outcome as tags `gate.passed` / `gate.summary` either way. Returns whether it promoted."""
+    """Point `alias` (default `champion`) at `version` if the gate (`lolcats_core.gate`) passed;
+    record the outcome as tags `gate.passed` / `gate.summary` either way. Returns whether it
+    promoted."""
     c = _client(tracking_uri)
-    result = gate if isinstance(gate, GateResult) else GateResult(bool(gate))
     c.set_model_version_tag(name, str(version), "gate.passed", str(result.passed).lower())
     if result.checks:
         c.set_model_version_tag(name, str(version), "gate.summary", result.summary()[:5000])

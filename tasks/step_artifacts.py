@@ -11,14 +11,12 @@ so a run killed on one machine resumes from that checkpoint on any other.
 from __future__ import annotations
 
 import json
-import logging
 import tempfile
 from pathlib import Path
 
+from lolcats_core.pipeline import DONE, read_done
 from tasks import artifacts
 
-log = logging.getLogger("lolcats.step_store")
-DONE = "done.json"
 EXCLUDE = ("trainer",)
 
 
@@ -28,11 +26,6 @@ def step_key(run_name: str, step_dir: str | Path) -> str:
 
 def checkpoint_key(run_name: str, step_dir: str | Path) -> str:
     return f"checkpoints/{run_name}/{Path(step_dir).name}/trainer"
-
-
-def read_done(step_dir: Path) -> dict | None:
-    marker = Path(step_dir) / DONE
-    return json.loads(marker.read_text()) if marker.is_file() else None
 
 
 def localize(record: dict, step_dir: Path) -> dict:

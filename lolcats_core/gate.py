@@ -1,0 +1,86 @@
+"""The quality gate of a run config (`gate:` section): its rules, and the check of a model's
+metrics against its teacher's by them.
+
+    gate:
+      max_perplexity_ratio: 1.10      # held-out perplexity <= 1.10 x the teacher's
+      max_lambada_ppl_ratio: 1.10     # LAMBADA perplexity <= 1.10 x the teacher's
+      min_passkey_delta: 0.0          # passkey accuracy >= the teacher's + delta
+      min_zero_shot_delta: -0.01      # zero-shot average >= the teacher's - 0.01
+      rules: {<metric>: {max_ratio: x} | {min_delta: x}}   # any flat metric name
+
+An empty gate never passes (there is nothing to check against).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+RULE_KINDS = ("max_ratio", "min_delta")
+SHORTHANDS = {
+    "max_perplexity_ratio": ("perplexity", "max_ratio"),
+    "max_lambada_ppl_ratio": ("lambada_ppl", "max_ratio"),
+    "min_passkey_delta": ("passkey_accuracy", "min_delta"),
+    "min_zero_shot_delta": ("zero_shot_average", "min_delta"),
+}
+
+
+def gate_rules(gate: dict | None) -> dict[str, tuple[str, float]]:
+    """{metric: (kind, bound)} from a config's `gate:` section; `ConfigError` on unknown settings."""
+    rules: dict[str, tuple[str, float]] = {}
+    for key, value in (gate or {}).items():
+        if key in SHORTHANDS:
+            metric, kind = SHORTHANDS[key]
+            rules[metric] = (kind, float(value))
+        elif key == "rules":
+            for metric, spec in (value or {}).items():
+                if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in RULE_KINDS:
+                    raise ConfigError(f"gate.rules.{metric}: expected {{max_ratio: x}} or "
+                                      f"{{min_delta: x}}, got {spec!r}")
+                kind, bound = next(iter(spec.items()))
+                rules[metric] = (kind, float(bound))
+        else:
+            raise ConfigError(f"gate: unknown setting {key!r}; known: {sorted(SHORTHANDS) + ['rules']}")
+    return rules
+
+
+@dataclass
+class GateResult:
+    """Outcome of a quality gate: `passed` plus one human-readable line per check."""
+
+    passed: bool
+    checks: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return ("PASSED" if self.passed else "FAILED") + ": " + "; ".join(
+            f"{k}: {v}" for k, v in self.checks.items())
+
+
+def quality_gate(metrics: dict[str, float], teacher: dict[str, float],
+                 rules: dict[str, tuple[str, float]]) -> GateResult:
+    """Compare student `metrics` with the `teacher`'s by `rules`:
+
+    `{"ppl": ("max_ratio", 1.10)}`   student <= 1.10 * teacher (lower is better)
+    `{"acc": ("min_delta", -0.01)}`  student >= teacher - 0.01 (higher is better)
+    A metric missing on either side fails its check; no rules fail the gate.
+    """
+    if not rules:
+        return GateResult(False, {"gate": "no gate configured: not promoted"})
+    checks, ok = {}, True
+    for key, (kind, bound) in rules.items():
+        s, t = metrics.get(key), teacher.get(key)
+        if s is None or t is None or not math.isfinite(s):
+            checks[key], ok = f"missing or non-finite ({s} vs teacher {t})", False
+            continue
+        if kind == "max_ratio":
+            good = s <= bound * t
+            checks[key] = f"{s:.4g} vs teacher {t:.4g} (<= {bound:g}x): {'ok' if good else 'fail'}"
+        elif kind == "min_delta":
+            good = s >= t + bound
+            checks[key] = f"{s:.4g} vs teacher {t:.4g} (>= {bound:+g}): {'ok' if good else 'fail'}"
+        else:
+            raise ValueError(f"quality_gate: unknown rule kind {kind!r} for {key!r}; use one of {RULE_KINDS}")
+        ok &= good
+    return GateResult(ok, checks)
