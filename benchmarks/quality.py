@@ -6,7 +6,8 @@ gate variants, on the same data, budget and evaluation.
 
 Prepares the data once (`prepare` alone does only that), evaluates the teacher once, runs every
 row (stage 1, stage 2, student evaluation) as a separate process — dealt round-robin to the
-visible GPUs, at most --per-gpu at a time on each (default 1) — then writes DIR/results.md
+visible GPUs, at most --per-gpu at a time on each (default 1; a row that runs out of GPU
+memory beside others runs once more, alone, after them) — then writes DIR/results.md
 (the table, tokens, trainable parameters, wall time per stage, device, command) and
 DIR/results.json. Rows: the files configs/ablations/ROW.yaml, each laid over the --base config
 (the model's own config and profiles); the teacher is evaluated with the `lolcats` row's data.
@@ -101,6 +102,17 @@ def _queues(rows: list[str], gpus: int) -> list[list[str]]:
     return [rows[g::max(gpus, 1)] for g in range(max(gpus, 1))]
 
 
+def row_command(row: str, common: list[str]) -> list[str]:
+    """The command line of one row's process (this script in mode `row` or `teacher`)."""
+    argv = [sys.executable, __file__, "teacher" if row == "teacher" else "row"]
+    return argv + ([] if row == "teacher" else ["--row", row]) + common
+
+
+def ran_out_of_memory(log: Path) -> bool:
+    """The row's log ends in a CUDA out-of-memory error."""
+    return "OutOfMemoryError" in log.read_text(errors="replace")[-20000:]
+
+
 def cmd_all(args) -> None:
     start = time.perf_counter()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below on `timeout`
@@ -111,27 +123,35 @@ def cmd_all(args) -> None:
     queues = _queues(list(args.rows), gpus)
     limit = args.per_gpu or len(args.rows)
     running: dict[str, tuple[subprocess.Popen, object, int]] = {}
+    alone: list[list[str]] = [[] for _ in queues]  # rows that ran out of memory beside others
+    retried: set[str] = set()
 
     def launch(row: str, gpu: int) -> None:
-        argv = [sys.executable, __file__, "teacher" if row == "teacher" else "row"]
-        argv += ([] if row == "teacher" else ["--row", row]) + common
         env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-        log = open(Path(args.out) / f"log-{row}.txt", "w")
+        log = open(Path(args.out) / f"log-{row}.txt", "a" if row in retried else "w")
+        argv = row_command(row, common)
         running[row] = (subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env), log, gpu)
         print(f"{row}: started" + (f" on GPU {gpu}" if gpus else ""), flush=True)
 
     try:
-        while any(queues) or running:
+        while any(queues) or any(alone) or running:
             for gpu, queue in enumerate(queues):
                 while queue and sum(1 for *_, g in running.values() if g == gpu) < limit:
                     launch(queue.pop(0), gpu)
-            for row, (proc, log, _) in list(running.items()):
+                if alone[gpu] and not queue and not any(g == gpu for *_, g in running.values()):
+                    launch(alone[gpu].pop(0), gpu)
+            for row, (proc, log, gpu) in list(running.items()):
                 if proc.poll() is not None:
                     log.close()
                     del running[row]
                     print(f"{row}: exit {proc.returncode} after {time.perf_counter() - start:.0f} s", flush=True)
+                    crowded = any(g == gpu for *_, g in running.values()) or queues[gpu]
+                    if proc.returncode and crowded and row not in retried and ran_out_of_memory(Path(log.name)):
+                        retried.add(row)  # once: its finished stages are cached, it resumes
+                        alone[gpu].append(row)
+                        print(f"{row}: out of GPU memory beside other rows; runs again alone after them", flush=True)
             time.sleep(1)
     finally:  # a timeout or Ctrl-C on this driver stops the rows too
         for proc, _, _ in running.values():

@@ -1,0 +1,46 @@
+"""benchmarks/quality.py's scheduler: rows run side by side; one that runs out of GPU memory
+beside others runs once more, alone, after them."""
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import quality  # noqa: E402
+
+FAKE_ROW = """
+import sys, time
+from pathlib import Path
+row, out = sys.argv[1], Path(sys.argv[2])
+(out / f"start-{row}").open("a").write(f"{time.time()}\\n")
+if row == "sinks" and not (out / "sinks-tried").exists():
+    (out / "sinks-tried").touch()
+    time.sleep(0.5)
+    raise SystemExit("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 18.55 GiB")
+if row == "gate-liger":
+    raise SystemExit("ValueError: not a memory error")
+time.sleep(1.5)
+(out / f"done-{row}").write_text(str(time.time()))
+"""
+
+
+def test_a_row_out_of_memory_beside_others_runs_again_alone(tmp_path, monkeypatch, capsys):
+    script = tmp_path / "fake_row.py"
+    script.write_text(FAKE_ROW)
+    monkeypatch.setattr(quality, "row_command", lambda row, common: [sys.executable, str(script), row, str(tmp_path)])
+    monkeypatch.setattr(quality, "cmd_prepare", lambda args: None)
+    monkeypatch.setattr(quality, "cmd_report", lambda args: None)
+    monkeypatch.setattr(quality.torch.cuda, "device_count", lambda: 1)
+    args = argparse.Namespace(out=str(tmp_path), profile="gpu", base="b.yaml", set=[], per_gpu=0,
+                              rows=["lolcats", "sinks", "gate-liger", "window"])
+    quality.cmd_all(args)
+    out = capsys.readouterr().out
+    assert "sinks: out of GPU memory beside other rows; runs again alone after them" in out
+    assert (tmp_path / "done-sinks").exists()
+    starts = (tmp_path / "start-sinks").read_text().split()
+    assert len(starts) == 2  # once with the others, once more
+    others_done = max(float((tmp_path / f"done-{r}").read_text()) for r in ("lolcats", "window"))
+    assert float(starts[1]) >= others_done  # alone: after every other row ended
+    assert "gate-liger: exit 1" in out and "gate-liger: out of GPU memory" not in out  # other errors: no rerun
+    assert len((tmp_path / "start-gate-liger").read_text().split()) == 1
+    assert "OutOfMemoryError" in (tmp_path / "log-sinks.txt").read_text()  # the first attempt's log is kept
