@@ -113,6 +113,7 @@ def train_loop(
     cfg: TrainConfig,
     out_dir: Path,
     on_eval: Callable[[int, dict], None] | None = None,
+    writes: bool = True,
 ) -> TrainResult:
     """Run (or resume) a stage. Writes `out_dir/last` (resume) and `out_dir/best.safetensors`.
 
@@ -126,6 +127,8 @@ def train_loop(
         batches: epoch -> iterable of micro-batches, the same for the same epoch.
         on_eval: called with (step, metrics) after every evaluation and its checkpoint
             (logging, shipping `out_dir/last` to an artifact store).
+        writes: False on data-parallel ranks other than rank 0: they hold the same parameters
+            and read (resume from) the checkpoints rank 0 writes to the same `out_dir`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -142,7 +145,8 @@ def train_loop(
         log.info("%s: resuming at step %d (epoch %d, batch %d)", name, info["step"], info["epoch"], info["position"])
 
     def checkpoint() -> None:
-        save_train_state(last, params, optimizer, scheduler, info)
+        if writes:
+            save_train_state(last, params, optimizer, scheduler, info)
 
     def stop(reason: str) -> NonFiniteLossError:
         where = (f"the last good checkpoint is {last} (step {info['step'] // cfg.eval_every * cfg.eval_every})"
@@ -185,8 +189,9 @@ def train_loop(
             log.info("%s step %d: train loss %.5g, held-out %.5g", name, info["step"], metrics["loss"], score)
             if score < info["best_score"]:
                 info["best_score"], info["best_step"] = score, info["step"]
-                save_file({k: p.detach().cpu().contiguous() for k, p in params.items()},
-                          out_dir / "best.safetensors")
+                if writes:
+                    save_file({k: p.detach().cpu().contiguous() for k, p in params.items()},
+                              out_dir / "best.safetensors")
             checkpoint()
             if on_eval is not None:  # after the checkpoint, so a hook may ship it elsewhere
                 on_eval(info["step"], {**eval_metrics, "eval_score": score, "train_loss": metrics["loss"]})
