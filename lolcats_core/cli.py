@@ -47,7 +47,7 @@ def cmd_plan(args) -> None:
     from .plan import format_plan, make_plan
 
     lin, lora = _linearize_config(args), LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
-    plan = make_plan(args.model, lin, lora)
+    plan = make_plan(args.model, lin, lora, gpus=args.gpus)
     print(json.dumps(plan.__dict__, indent=1) if args.json else format_plan(plan, lin, lora))
 
 
@@ -92,6 +92,40 @@ def cmd_linearize(args) -> None:
     teacher = evaluate_step(cfg, data, None, "teacher")
     student = evaluate_step(cfg, data, stage2["model"], "linearized")
     print(format_summary(cfg, data, stage1, stage2, teacher["report"], student["report"]))
+
+
+def cmd_train(args) -> None:
+    """One training stage; under torchrun, every rank runs it (block-wise or data parallel)."""
+    import torch.distributed as dist
+
+    from .distributed import join_process_group, torchrun_ranks
+    from .pipeline import attention_transfer_step, lora_step, prepare_data, read_done, stage1_dir
+    from .presets import base_model_ref
+    from .run_config import load_run_config
+
+    _setup_logging()
+    cfg = load_run_config(args.config, args.profile, args.set)
+    ranks = torchrun_ranks()
+    if ranks is not None:
+        join_process_group(ranks, cfg.resolved_device())
+    try:
+        if ranks is not None and not ranks.is_main:
+            dist.barrier()  # rank 0 prepares and caches the data first
+        data = prepare_data(cfg)
+        if ranks is not None and ranks.is_main:
+            dist.barrier()
+        if args.stage == 1:
+            record = attention_transfer_step(cfg, data, ranks=ranks)
+        else:
+            stage1 = read_done(stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint))
+            if stage1 is None:
+                raise LolcatsError(f"stage 1 of {cfg.name} has not finished: run `lolcats train --stage 1` first")
+            record = lora_step(cfg, data, stage1, ranks=ranks)
+    finally:
+        if ranks is not None:
+            dist.destroy_process_group()
+    if ranks is None or ranks.is_main:
+        print(json.dumps({k: record[k] for k in ("step", "dir", "model", "steps", "tokens", "seconds")}))
 
 
 def cmd_evaluate(args) -> None:
@@ -162,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "trainable parameters and decode memory.")
     p.add_argument("--model", required=True, help="preset name, model directory or hub id")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--gpus", type=int, default=1, help="per-rank layer blocks and memory on this many GPUs")
     _add_linearize_args(p)
     p.set_defaults(func=cmd_plan)
 
@@ -192,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=cmd_retrieval_layers)
+
+    p = sub.add_parser("train", help="run one training stage; launch with torchrun for several processes",
+                       description="Run stage 1 (attention transfer) or stage 2 (LoRA) of a config. Under "
+                                   "`torchrun --nproc-per-node N -m lolcats_core.cli train ...` stage 1 trains "
+                                   "one block of layers per rank and stage 2 is data parallel; prints the "
+                                   "completion record.")
+    p.add_argument("--stage", type=int, choices=[1, 2], required=True)
+    p.add_argument("--config", required=True, help="YAML run config, e.g. configs/smollm2-135m.yaml")
+    p.add_argument("--profile", help="profile of the config to apply (cpu-smoke, gpu, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set stage1.lr=0.001 (repeatable)")
+    p.set_defaults(func=cmd_train)
 
     for name, helptext in (("linearize", "run attention transfer, LoRA and evaluation from a config"),
                            ("evaluate", "evaluate a checkpoint with a config's evaluation settings")):

@@ -5,6 +5,10 @@
 Each step's output directory is named by a fingerprint of its inputs and completed by a
 `done.json` marker written last, so a re-run with the same inputs skips finished steps, and
 an interrupted step resumes from its trainer checkpoint.
+
+Under torchrun the training steps take the launch's `Ranks`: stage 1 block-wise, stage 2 data
+parallel (see `lolcats_core.training.blockwise` / `data_parallel`); rank 0 writes the step's
+files and the other ranks return its completion record.
 """
 
 import hashlib
@@ -20,12 +24,16 @@ from .checkpoint import load_linearized
 from .checkpoint_save import save_linearized
 from .convert import attention_parameters, linearize
 from .data import PreparedData, make_dataloader, prepare_dataset
+from .distributed import Ranks
+from .errors import ConfigError
 from .evaluation import evaluate_model, plot_attention_mse, resolve_softmax_layers
 from .lora import add_lora
 from .model_parts import decoder_layers
 from .presets import base_model_ref, load_base_model, model_config, resolve
 from .run_config import RunConfig
 from .training import attention_transfer, lora_adjust
+from .training.blockwise import blockwise_attention_transfer
+from .training.data_parallel import data_parallel_lora_adjust
 
 log = logging.getLogger("lolcats.pipeline")
 DONE = "done.json"
@@ -48,6 +56,14 @@ def _finish(step_dir: Path, record: dict) -> dict:
     tmp.write_text(json.dumps(record, indent=1, default=str))
     tmp.rename(step_dir / DONE)
     return record
+
+
+def _rank_record(step_dir: Path) -> dict:
+    """The completion record rank 0 wrote, once it has (every rank calls this)."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    return read_done(step_dir)
 
 
 def _batches(data: PreparedData, batch_size: int, seed: int):
@@ -95,13 +111,22 @@ def stage1_dir(cfg: RunConfig, base_fp: str, data_fp: str) -> Path:
     return Path(cfg.output_dir) / cfg.name / f"stage1-{fp}"
 
 
-def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) -> dict:
-    """Stage 1 into its fingerprinted directory; returns the completion record."""
+def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ranks: Ranks | None = None) -> dict:
+    """Stage 1 into its fingerprinted directory; returns the completion record.
+
+    ranks: under torchrun, each rank trains one block of layers; the model is loaded on the
+    host and only the rank's block moves to the device.
+    """
     out = stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint)
     if (done := read_done(out)) is not None:
         log.info("stage 1 already done: %s", out)
         return done
-    model, tokenizer, ref = _load_base(cfg)
+    if ranks is not None and cfg.linearize.retrieval_layers() is not None:
+        raise ConfigError(f"linearize.softmax_layers {cfg.linearize.softmax_layers!r} scores the whole model on "
+                          "one device: run `lolcats retrieval-layers` and set the layers it prints, or run "
+                          "stage 1 in one process")
+    device = _device(cfg)
+    model, tokenizer, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device="cpu" if ranks else device)
     out.mkdir(parents=True, exist_ok=True)
     lin, retrieval = resolve_softmax_layers(cfg.linearize, model, tokenizer, cfg.eval.passkey_lengths)
     if retrieval is not None:
@@ -112,29 +137,40 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None) ->
     start = time.perf_counter()
     if cfg.stage1.enabled:
         train_cfg = replace(cfg.stage1.train, max_steps=cfg.stage1.steps_for(seq_len))
-        result, mse = attention_transfer(model, _batches(data, cfg.stage1.batch_size, train_cfg.seed),
-                                         _eval_batches(data, cfg.stage1.batch_size), train_cfg,
-                                         out / "trainer", on_eval=on_eval)
+        batches = _batches(data, cfg.stage1.batch_size, train_cfg.seed)
+        eval_batches = _eval_batches(data, cfg.stage1.batch_size)
+        if ranks is None:
+            result, mse = attention_transfer(model, batches, eval_batches, train_cfg, out / "trainer", on_eval=on_eval)
+        else:
+            result, mse = blockwise_attention_transfer(model, ranks, batches, eval_batches, train_cfg,
+                                                       out / "trainer", device, on_eval=on_eval)
         steps, history = result.steps, result.history
-        plot_attention_mse(mse, out / "attention_mse.png", title=f"{cfg.name}: held-out attention MSE")
+        if ranks is None or ranks.is_main:
+            plot_attention_mse(mse, out / "attention_mse.png", title=f"{cfg.name}: held-out attention MSE")
     else:
         steps, history, mse = 0, [], {}
     seconds = time.perf_counter() - start
+    if ranks is not None and not ranks.is_main:
+        return _rank_record(out)
     save_linearized(model, out / "model", tokenizer=tokenizer)
     tokens = steps * cfg.stage1.batch_size * cfg.stage1.train.grad_accum * seq_len
-    return _finish(out, {
+    record = _finish(out, {
         "step": "attention_transfer", "dir": str(out), "model": str(out / "model"), "steps": steps,
         "tokens": tokens, "seconds": round(seconds, 1), "layer_mse": {str(k): v for k, v in mse.items()},
         "history": history, "base": ref.to_dict(), "data_fingerprint": data.fingerprint,
         "softmax_layers": lin.softmax_layer_indices(len(decoder_layers(model))),
         **({"retrieval": retrieval.to_dict()} if retrieval is not None else {}),
         "trainable_parameters": sum(p.numel() for p in attention_parameters(model)) if cfg.stage1.enabled else 0,
+        **({"ranks": ranks.world_size} if ranks is not None else {}),
     })
+    return record if ranks is None else _rank_record(out)
 
 
-def stage2_dir(cfg: RunConfig, stage1: dict) -> Path:
-    """Directory of stage 2, named by the stage-1 directory and the stage-2 settings."""
-    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2))
+def stage2_dir(cfg: RunConfig, stage1: dict, data_parallel: int = 1) -> Path:
+    """Directory of stage 2, named by the stage-1 directory, the stage-2 settings and, on more
+    than one rank, the number of data-parallel ranks (it multiplies the global batch)."""
+    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2),
+                     *([data_parallel] if data_parallel > 1 else []))
     return Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
 
 
@@ -150,9 +186,14 @@ def eval_dir(cfg: RunConfig, data: PreparedData, model_path: str | None, name: s
     return Path(cfg.output_dir) / cfg.name / f"eval-{name}-{fp}"
 
 
-def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) -> dict:
-    """Stage 2 from the stage-1 checkpoint; returns the completion record."""
-    out = stage2_dir(cfg, stage1)
+def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ranks: Ranks | None = None) -> dict:
+    """Stage 2 from the stage-1 checkpoint; returns the completion record.
+
+    ranks: under torchrun, data parallel with `stage2.batch_size` x `grad_accum` rows per rank
+    and step.
+    """
+    world = ranks.world_size if ranks is not None else 1
+    out = stage2_dir(cfg, stage1, world)
     if (done := read_done(out)) is not None:
         log.info("stage 2 already done: %s", out)
         return done
@@ -167,20 +208,28 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None) ->
     steps, history = 0, []
     if cfg.stage2.enabled:
         model = add_lora(model, cfg.stage2.lora)
-        train_cfg = replace(cfg.stage2.train, max_steps=cfg.stage2.steps_for(seq_len))
-        result = lora_adjust(model, _batches(data, cfg.stage2.batch_size, train_cfg.seed),
-                             _eval_batches(data, cfg.stage2.batch_size), train_cfg, out / "trainer",
-                             on_eval=on_eval)
+        train_cfg = replace(cfg.stage2.train, max_steps=cfg.stage2.steps_for(seq_len, world))
+        batches = _batches(data, cfg.stage2.batch_size, train_cfg.seed)
+        eval_batches = _eval_batches(data, cfg.stage2.batch_size)
+        if ranks is None:
+            result = lora_adjust(model, batches, eval_batches, train_cfg, out / "trainer", on_eval=on_eval)
+        else:
+            result = data_parallel_lora_adjust(model, ranks, batches, eval_batches, train_cfg, out / "trainer",
+                                               on_eval=on_eval)
         steps, history = result.steps, result.history
     seconds = time.perf_counter() - start
+    if ranks is not None and not ranks.is_main:
+        return _rank_record(out)
     save_linearized(model, out / "model", tokenizer=tokenizer)
-    return _finish(out, {
+    record = _finish(out, {
         "step": "lora_adjust", "dir": str(out), "model": str(out / "model"), "steps": steps,
-        "tokens": steps * cfg.stage2.batch_size * cfg.stage2.train.grad_accum * seq_len,
+        "tokens": steps * cfg.stage2.batch_size * cfg.stage2.train.grad_accum * world * seq_len,
         "seconds": round(seconds, 1), "history": history,
         "trainable_parameters": (sum(p.numel() for p in model.parameters() if p.requires_grad)
                                  if cfg.stage2.enabled else 0),
+        **({"ranks": world} if ranks is not None else {}),
     })
+    return record if ranks is None else _rank_record(out)
 
 
 def evaluate_step(cfg: RunConfig, data: PreparedData, model_path: str | None, name: str) -> dict:

@@ -1,12 +1,13 @@
 """`lolcats plan`: what linearizing a model involves, computed on the meta device."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from transformers import AutoModelForCausalLM
 
 from .config import LinearizeConfig
-from .convert import attention_parameters, linearize, linearized_attentions
+from .convert import attention_parameters, decoder_layers, linearize, linearized_attentions
+from .distributed import layer_blocks
 from .lora import LoraSettings, lora_parameter_count
 from .presets import model_config
 
@@ -24,6 +25,10 @@ class Plan:
     state_bytes: int  # decode state per sequence, linearized layers (constant in context)
     kv_bytes_per_token: int  # softmax KV cache per token per sequence, all layers of the base
     softmax_kv_bytes_per_token: int  # the same for the layers kept as softmax
+    gpus: int = 1
+    # stage 1 per rank: {"rank", "layers": [first, last], "linearized", "weight_bytes", "train_bytes"}
+    stage1_blocks: list[dict] = field(default_factory=list)
+    stage2_rank_bytes: int = 0  # stage 2 per rank (data parallel): every weight + LoRA training state
 
     def decode_bytes(self, context: int, linearized: bool) -> int:
         """Decode memory per sequence at `context` tokens: KV cache vs lolcats state."""
@@ -32,9 +37,31 @@ class Plan:
         return self.state_bytes + self.softmax_kv_bytes_per_token * context
 
 
+TRAIN_BYTES_PER_PARAM = 16  # fp32 parameter, gradient and two AdamW moments
+
+
+def stage1_blocks(model: torch.nn.Module, gpus: int, elt: int) -> list[dict]:
+    """Block-wise stage 1 on `gpus` ranks: each rank's layers and device memory (weights in the
+    model's dtype, fp32 trainable state; activations excluded). Rank 0 also holds the embeddings."""
+    from .training.blockwise import layer_costs
+
+    layers = decoder_layers(model)
+    linear = {a.layer_idx: a for a in linearized_attentions(model)}
+    out = []
+    for rank, block in enumerate(layer_blocks(layer_costs(len(layers), linear), gpus)):
+        trained = sum(p.numel() for i in block if i in linear for p in linear[i].transfer_parameters())
+        frozen = sum(p.numel() for i in block for p in layers[i].parameters()) - trained
+        if rank == 0:
+            frozen += model.get_input_embeddings().weight.numel()
+        out.append({"rank": rank, "layers": [block.start, block.stop - 1],
+                    "linearized": sum(i in linear for i in block),
+                    "weight_bytes": frozen * elt, "train_bytes": trained * TRAIN_BYTES_PER_PARAM})
+    return out
+
+
 def make_plan(model_name: str, lin: LinearizeConfig, lora: LoraSettings,
-              dtype: torch.dtype = torch.bfloat16) -> Plan:
-    """Build the model on the meta device, linearize it and count."""
+              dtype: torch.dtype = torch.bfloat16, gpus: int = 1) -> Plan:
+    """Build the model on the meta device, linearize it and count (per rank on `gpus` ranks)."""
     cfg = model_config(model_name)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
@@ -50,16 +77,21 @@ def make_plan(model_name: str, lin: LinearizeConfig, lora: LoraSettings,
             state += a.key_heads * a.feature_dim * (a.head_dim + 1) * 4  # S and z in fp32
     n_layers = cfg.num_hidden_layers
     kept = n_layers - len(attns)
+    total = sum(p.numel() for p in model.parameters())
+    stage2_params = lora_parameter_count(model, lora)
     return Plan(
         model=model_name,
         num_layers=n_layers,
         linearized_layers=[a.layer_idx for a in attns],
-        total_params=sum(p.numel() for p in model.parameters()),
+        total_params=total,
         stage1_params=sum(p.numel() for p in attention_parameters(model)),
-        stage2_params=lora_parameter_count(model, lora),
+        stage2_params=stage2_params,
         state_bytes=state,
         kv_bytes_per_token=kv_per_layer * n_layers,
         softmax_kv_bytes_per_token=kv_per_layer * kept,
+        gpus=gpus,
+        stage1_blocks=stage1_blocks(model, gpus, elt),
+        stage2_rank_bytes=total * elt + stage2_params * TRAIN_BYTES_PER_PARAM,
     )
 
 
@@ -102,4 +134,15 @@ def format_plan(plan: Plan, lin: LinearizeConfig, lora: LoraSettings,
     for t in contexts:
         kv, ours = plan.decode_bytes(t, False), plan.decode_bytes(t, True)
         lines.append(f"{t:>10,}  {human_bytes(kv):>18}  {human_bytes(ours):>12}  {kv / ours:>6.1f}x")
+    if plan.gpus > 1:
+        lines += ["", f"training on {plan.gpus} GPUs (torchrun --nproc-per-node {plan.gpus} -m lolcats_core.cli train); "
+                  "device memory without activations",
+                  "stage 1, block-wise: weights of the rank's layers (rank 0: + embeddings), fp32 trained state",
+                  f"{'rank':>6}  {'layers':>8}  {'linearized':>10}  {'weights':>10}  {'trained':>10}"]
+        for b in plan.stage1_blocks:
+            first, last = b["layers"]
+            lines.append(f"{b['rank']:>6}  {f'{first}-{last}':>8}  {b['linearized']:>10}  "
+                         f"{human_bytes(b['weight_bytes']):>10}  {human_bytes(b['train_bytes']):>10}")
+        lines.append(f"stage 2, data parallel: {human_bytes(plan.stage2_rank_bytes)} per GPU (every weight + "
+                     f"fp32 LoRA state); global batch = micro-batch x {plan.gpus} x grad_accum")
     return "\n".join(lines)

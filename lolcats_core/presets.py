@@ -79,6 +79,7 @@ PRESETS = {
         Preset("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m.json", SMOLLM2_GGUF),
         Preset("qwen2.5-0.5b", "Qwen/Qwen2.5-Coder-0.5B-Instruct", "qwen2.5-0.5b.json", QWEN_GGUF),
         Preset("llama3-8b", "meta-llama/Meta-Llama-3-8B", "llama3-8b.json"),
+        Preset("llama3-70b", "meta-llama/Meta-Llama-3-70B", "llama3-70b.json"),
         Preset("llama3.2-1b", "meta-llama/Llama-3.2-1B", "llama3.2-1b.json"),
         Preset("mistral-7b", "mistralai/Mistral-7B-v0.1", "mistral-7b.json"),
     ]

@@ -56,11 +56,14 @@ class StageConfig:
         if self.tokens is not None and self.tokens <= 0:
             raise ConfigError(f"tokens must be positive or None (train.max_steps steps), got {self.tokens}")
 
-    def steps_for(self, seq_len: int) -> int:
-        """Optimizer steps: from the token budget when given, else train.max_steps."""
+    def steps_for(self, seq_len: int, data_parallel: int = 1) -> int:
+        """Optimizer steps: from the token budget when given, else train.max_steps.
+
+        data_parallel: ranks that each take `batch_size` x `grad_accum` rows per step (stage 2).
+        """
         if self.tokens is None:
             return self.train.max_steps
-        per_step = self.batch_size * self.train.grad_accum * seq_len
+        per_step = self.batch_size * self.train.grad_accum * data_parallel * seq_len
         return max(1, self.tokens // per_step)
 
 

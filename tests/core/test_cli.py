@@ -1,6 +1,7 @@
 """The `lolcats` command line: plan on the meta device, generate from a checkpoint."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -80,3 +81,12 @@ def test_summary_names_the_layers_kept_as_softmax():
     assert _softmax_line(cfg, {"softmax_layers": [18, 20, 21, 23]}) == [
         "layers kept as softmax: 18, 20, 21, 23 (softmax_layers: retrieval:4)", ""]
     assert _softmax_line(cfg, {"softmax_layers": []}) == []
+
+
+def test_plan_llama3_70b_on_8_gpus_prints_the_layer_blocks(capsys):
+    assert main(["plan", "--model", "llama3-70b", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "llama3-70b: 80 layers, 70.64B parameters" in out
+    blocks = [line.split()[1] for line in out.splitlines() if re.fullmatch(r"\s+\d+\s+\d+-\d+\s.*GiB.*", line)]
+    assert blocks == [f"{10 * i}-{10 * i + 9}" for i in range(8)]
+    assert "stage 2, data parallel" in out and "x 8 x grad_accum" in out

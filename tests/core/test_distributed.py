@@ -1,6 +1,7 @@
 """Both stages under torchrun with 2 CPU processes (gloo) equal the single-process run; a killed
 rank ends the run and a re-run resumes. The stages run in tests/distributed_worker.py."""
 
+import json
 import os
 import signal
 import subprocess
@@ -107,3 +108,38 @@ def test_a_killed_rank_ends_the_run_and_a_rerun_resumes(tmp_path):
     assert "LoRA adjustment: resuming at step" in output
     single = _single("lora", tmp_path / "single", steps=12, grad_accum=4)
     _assert_close(single, load_file(out / "params.safetensors"), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torchrun_cli_trains_both_stages_into_the_single_process_checkpoint(smollm2_dir, tmp_path):
+    """`torchrun -m lolcats_core.cli train` on a tiny model with the SmolLM2 tokenizer: the
+    gathered stage-1 checkpoint holds the single-process run's weights; stage 2 then runs data
+    parallel, counting tokens over both ranks."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from helpers import make_tiny_config
+    from lolcats_core.cli import main
+
+    tok = AutoTokenizer.from_pretrained(smollm2_dir)
+    torch.manual_seed(0)
+    base = tmp_path / "base"
+    AutoModelForCausalLM.from_config(make_tiny_config(num_hidden_layers=4, vocab_size=len(tok))).save_pretrained(base)
+    tok.save_pretrained(base)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"name: tiny\nmodel: {base}\ndevice: cpu\noutput_dir: {tmp_path / 'runs'}\n"
+                      "linearize: {window: 4, feature_dim: 16, softmax_layers: [1]}\n"
+                      f"data: {{seq_len: 64, train_tokens: 1024, val_tokens: 256, cache_dir: {tmp_path / 'data'}}}\n"
+                      "stage1: {batch_size: 2, max_steps: 3, eval_every: 1}\n"
+                      "stage2: {batch_size: 1, max_steps: 2, eval_every: 1, lora: {r: 4, alpha: 8}}\n")
+    records = []
+    for stage in ("1", "2"):
+        result = subprocess.run(TORCHRUN + ["-m", "lolcats_core.cli", "train", "--stage", stage, "--config", str(config)],
+                                env=ENV, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stderr[-3000:]
+        records.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    assert [r["step"] for r in records] == ["attention_transfer", "lora_adjust"]
+    assert records[1]["tokens"] == 2 * 1 * 2 * 64  # steps x micro-batch x ranks x seq_len
+    assert main(["train", "--stage", "1", "--config", str(config), "--set", f"output_dir={tmp_path / 'single'}"]) == 0
+    same_dir = tmp_path / "single" / "tiny" / Path(records[0]["dir"]).name  # the fingerprint ignores the rank count
+    single = load_file(same_dir / "model" / "model.safetensors")
+    _assert_close(single, load_file(Path(records[0]["model"]) / "model.safetensors"), atol=1e-6)
