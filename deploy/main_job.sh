@@ -6,9 +6,9 @@
 # model, and the UI addresses. The stack stays up afterwards (stop: deploy/stack.sh down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true \
-       PREFECT_SERVER_ANALYTICS_ENABLED=false TOKENIZERS_PARALLELISM=false
 BIN=.venv/bin
+eval "$($BIN/python deploy/stack_config.py offline-env)"  # the offline switches (one list)
+export TOKENIZERS_PARALLELISM=false
 STACK_DIR=${LOLCATS_STACK_DIR:-runs/stack}
 PRESET=${LOLCATS_PRESET:-smollm2-135m}
 t0=$(date +%s)

@@ -6,7 +6,6 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 PY="${LOLCATS_PYTHON:-$ROOT/.venv/bin/python}"
 [ -x "$PY" ] || { echo "stack.sh: $PY not found; run 'make install' first" >&2; exit 1; }
-export DO_NOT_TRACK=true MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false \
-       HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+eval "$("$PY" "$ROOT/deploy/stack_config.py" offline-env)"  # the offline switches (one list)
 
 exec "$PY" "$ROOT/deploy/stack.py" "$@"

@@ -1,11 +1,16 @@
 """Shared test setup: offline environment, tiny random models, the real SmolLM2 tokenizer/model."""
 
 import os
+import sys
+from pathlib import Path
 
-for _k, _v in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "DO_NOT_TRACK": "true",
-               "MLFLOW_DISABLE_TELEMETRY": "true", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-               "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(_k, _v)
+# deploy/ (the stack's modules) on the path: its offline switches apply to every test process,
+# set before anything imports huggingface_hub, prefect or mlflow.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "deploy"))
+from stack_config import apply_offline_env  # noqa: E402
+
+apply_offline_env()
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

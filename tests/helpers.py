@@ -42,3 +42,16 @@ def descendant_pids(pid: int) -> list[int]:
             out.append(k)
             todo.append(k)
     return out
+
+
+def wait_for(pred, timeout: float, what: str, poll: float = 0.2):
+    """The first truthy value of `pred()`, polled every `poll` s; AssertionError naming `what`
+    after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := pred():
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

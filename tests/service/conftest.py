@@ -21,10 +21,9 @@ if str(REPO) not in sys.path:  # `tasks` and `flows` are plain folders of the ch
 if str(Path(__file__).parent) not in sys.path:  # `tiny` (helpers of the flow tests)
     sys.path.insert(0, str(Path(__file__).parent))
 
-# Offline switches, and a private Prefect home, before anything imports prefect or mlflow.
-os.environ.update({"DO_NOT_TRACK": "true", "MLFLOW_DISABLE_TELEMETRY": "true",
-                   "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "HF_HUB_OFFLINE": "1",
-                   "HF_DATASETS_OFFLINE": "1"})
+from stack_config import Config  # noqa: E402 - deploy/, on the path by tests/conftest.py
+
+# A private Prefect home before anything imports prefect (offline switches: tests/conftest.py).
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="lolcats-prefect-home-"))
 
 TEST_ACCESS_KEY = "lolcats-test-key"
@@ -67,16 +66,21 @@ class Stack:
     env: dict[str, str]
 
     @property
+    def config(self) -> Config:
+        """The stack's ports and paths, as deploy/stack.py reads them from `env`."""
+        return Config.from_env(self.run_dir, self.env)
+
+    @property
     def prefect_api(self) -> str:
-        return f"http://127.0.0.1:{self.env['LOLCATS_PREFECT_PORT']}/api"
+        return self.config.prefect_api
 
     @property
     def mlflow_uri(self) -> str:
-        return f"http://127.0.0.1:{self.env['LOLCATS_MLFLOW_PORT']}"
+        return self.config.mlflow_uri
 
     @property
     def s3_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.env['LOLCATS_S3_PORT']}"
+        return self.config.s3_endpoint
 
     def sh(self, *args: str, check: bool = True, timeout: float = 180) -> subprocess.CompletedProcess:
         """Run `deploy/stack.sh <args...>` against this stack's run folder."""
@@ -91,7 +95,7 @@ class Stack:
         return Stack(Path(run_dir), self.env | env)
 
     def pid(self, svc: str) -> int | None:
-        f = self.run_dir / "pids" / f"{svc}.pid"
+        f = self.config.pid_file(svc)
         return int(f.read_text()) if f.exists() else None
 
 

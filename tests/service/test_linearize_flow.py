@@ -16,7 +16,7 @@ from uuid import UUID
 
 import pytest
 
-from helpers import descendant_pids
+from helpers import descendant_pids, wait_for
 from tiny import tiny_tree, wait_flow_run, write_config
 
 pytestmark = pytest.mark.stack
@@ -152,15 +152,6 @@ def _stage1_checkpoint_key(root: Path, run: str) -> str | None:
     return step_artifacts.checkpoint_key(run, dirs[0]) if dirs else None
 
 
-def _wait_for(pred, timeout: float, what: str, poll: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (v := pred()):
-            return v
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny_root, monkeypatch):
     """S3 stops while stage 1 ships checkpoints; stage 1 ends while it is down, so its output
     upload fails and the task fails once; S3 comes back and the retried task succeeds."""
@@ -176,11 +167,11 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
         lambda: result.update(state=linearize(config=str(cfg), return_state=True))))
     th.start()
     try:
-        key = _wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-s3")) and
+        key = wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-s3")) and
                         artifacts.is_complete(k) and k, 120, "the first shipped checkpoint")
         stack.sh("down", "s3")
         stage1 = next((tiny_root / "runs" / "tiny-s3").glob("stage1-*"))
-        _wait_for(lambda: (stage1 / "done.json").exists(), 120, "stage 1 to finish locally")
+        wait_for(lambda: (stage1 / "done.json").exists(), 120, "stage 1 to finish locally")
         time.sleep(4)  # its upload is now failing (3 s retry deadline)
     finally:
         stack.sh("up", "s3")
@@ -224,7 +215,7 @@ def test_killed_worker_resumes_from_the_last_checkpoint(stack, tiny_root, tiny_d
     tree = tiny_tree("tiny-kill", tiny_root / "base", tiny_root, max_steps=600, eval_every=100)
     cfg = write_config(tiny_root / "tiny-kill.yaml", tree)
     first = run_deployment(tiny_deployment["name"], parameters={"config": str(cfg)}, timeout=0)
-    key = _wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-kill")) and
+    key = wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-kill")) and
                     artifacts.is_complete(k) and k, 180, "the first shipped stage-1 checkpoint")
     stage1 = next((tiny_root / "runs" / "tiny-kill").glob("stage1-*"))
     assert not (stage1 / "done.json").exists(), "stage 1 finished before the kill: lengthen it"

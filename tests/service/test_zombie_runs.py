@@ -41,15 +41,6 @@ def _heartbeats(stack, flow_run_id) -> int:
     return len(got["events"])
 
 
-def _until(pred, timeout: float, what: str, poll: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (v := pred()):
-            return v
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def test_stack_creates_the_zombie_automation_once(stack):
     got = _post(f"{stack.prefect_api}/automations/filter", {})
     mine = [a for a in got if a["name"] == "lolcats-crash-zombie-flow-runs"]
@@ -83,6 +74,7 @@ def test_killed_worker_run_is_crashed_and_the_next_run_proceeds(stack):
     from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments import run_deployment
 
+    from helpers import descendant_pids, wait_for  # not at the top: the worker imports this module
     from tiny import wait_flow_run
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -92,11 +84,9 @@ def test_killed_worker_run_is_crashed_and_the_next_run_proceeds(stack):
     name = "lolcats-zombie-probe/zombie"
     first = run_deployment(name, parameters={"seconds": 600}, timeout=0)
     with get_client(sync_client=True) as client:
-        _until(lambda: client.read_flow_run(first.id).state.is_running(), 90, "the run to start")
-        _until(lambda: _heartbeats(stack, first.id) > 0, 30, "its first heartbeat")
+        wait_for(lambda: client.read_flow_run(first.id).state.is_running(), 90, "the run to start", poll=0.5)
+        wait_for(lambda: _heartbeats(stack, first.id) > 0, 30, "its first heartbeat", poll=0.5)
         worker = stack.pid("worker")
-        from helpers import descendant_pids  # not at the top: the worker imports this module
-
         for pid in [worker] + descendant_pids(worker):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -108,8 +98,8 @@ def test_killed_worker_run_is_crashed_and_the_next_run_proceeds(stack):
         time.sleep(5)  # the new worker has polled: the second run must wait for the slot
         assert client.read_flow_run(first.id).state.is_running()
         assert not client.read_flow_run(second.id).state.is_final()
-        crashed = _until(lambda: (s := client.read_flow_run(first.id).state).is_final() and s,
-                         90, "the zombie run to be marked Crashed")
+        crashed = wait_for(lambda: (s := client.read_flow_run(first.id).state).is_final() and s,
+                           90, "the zombie run to be marked Crashed", poll=0.5)
         took = time.monotonic() - killed
     assert crashed.is_crashed(), crashed
     assert "no heartbeat for 50 s" in (crashed.message or ""), crashed.message
