@@ -168,5 +168,5 @@ def hybrid_attention_chunked(
     if linear:
         num = num + e * (lin_cur @ vc + lin_prev @ v_prev + q_state @ kv)
         den = den + e * lin_den
-    y = num / den
+    y = num / torch.where(den > 0, den, 1.0)
     return y.flatten(4, 5)[..., :T, :].reshape(B, H, T, D).to(q.dtype)

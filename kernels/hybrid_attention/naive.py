@@ -8,23 +8,27 @@ Notation (DESIGN.md sections 1 and 6). For query position i of head h:
     L(i) = { j <= i - w } minus S(i)                               linear part (if linear)
     d_ij = exp(G_i - G_j), G_t = sum_{u <= t} log g_u              decay (1 without a gate)
     l_ij = (qf_i . kf_j) d_ij                                      linear weight
-    c_i  = max(max_{j in W(i) u S(i)} s_ij, log sum_{L(i)} l_ij, LOG_FLOOR)   one shift for all
+    l_i  = sum_{L(i)} l_ij                                           linear sum
+    n_i  = e^LOG_FLOOR if l_i > 0 else 0                             null key
+    c_i  = max(max_{j in W(i) u S(i)} s_ij, log l_i, log n_i)        one shift for all
     y_i  = (gamma_h sum_{W u S} e^{s_ij - c_i} v_j + e^{-c_i} sum_L l_ij v_j)
-         / (gamma_h sum_{W u S} e^{s_ij - c_i}     + e^{-c_i} sum_L l_ij + e^{LOG_FLOOR - c_i})
+         / (gamma_h sum_{W u S} e^{s_ij - c_i}     + e^{-c_i} l_i + e^{-c_i} n_i)
 
-Besides its keys, every row attends to a null key of weight e^LOG_FLOOR (LOG_FLOOR = -20) and
+A row with linear mass also attends to a null key of weight e^LOG_FLOOR (LOG_FLOOR = -20) and
 value 0. The same e^{-c_i} multiplies numerator and denominator, so the output equals the
-unshifted formula exactly; the shift keeps every exponential and the linear sum <= 1, and the
-denominator is >= 1 (>= gamma when a softmax key sets the shift), however negative the scores
-(Qwen2's heads put scores of -100 and below on every recent key). The null key matters only in
-a row whose keys' total unnormalised weight is near e^-20 or below (every score very negative
-and a vanishing linear sum, as from features peaked on disjoint dimensions): such a row fades
-to 0 instead of dividing by a vanishing sum, whose gradient (1 / sum) overflows fp32. A
-feature map with non-negative features (all registered ones) keeps l_ij >= 0.
+unshifted formula exactly; the shift keeps every exponential and the linear sum <= 1 and makes
+the largest term 1, however negative the scores (Qwen2's heads put scores of -100 and below on
+every recent key, and a few rows score below -300 on every key). The null key matters only in
+a row whose keys' total unnormalised weight is near e^-20 or below while its linear part is
+not empty (every score very negative and a vanishing linear sum, as from features peaked on
+disjoint dimensions): such a row fades to 0 instead of dividing by a vanishing sum, whose
+gradient (1 / sum, reaching the features) overflows fp32. Rows with softmax keys only are exact
+softmax attention at any score. A feature map with non-negative features (all registered ones)
+keeps l_ij >= 0.
 
 Keys marked invalid (`key_valid`, e.g. left padding) take part in no term and do not count
 towards the sinks: the sinks are the first `sinks` valid keys of each row. A query with no
-valid key at all (a padding position) gets y_i = 0 (the null key only). The gate decays the linear state: a key
+valid key at all (a padding position) gets y_i = 0. The gate decays the linear state: a key
 leaving the window enters the state with the decay it has accumulated since it was written,
 so with log_gate the linear part is the decayed linear attention over the old keys.
 
@@ -47,21 +51,25 @@ def sink_keys(key_valid: torch.Tensor, sinks: int) -> torch.Tensor:
     return key_valid & (key_valid.long().cumsum(-1) <= sinks)
 
 
-# Log-weight of the null key in every row's denominator (module docstring): the shift never
-# goes below it, so e^{-c} <= e^20 and the denominator >= min(1, gamma).
+# Log-weight of the null key of a row with linear mass (module docstring): such a row's shift
+# is >= LOG_FLOOR, so its linear factor e^{-c} <= e^20 and its denominator >= min(1, gamma).
 LOG_FLOOR = -20.0
 
 
 def stabiliser(m: torch.Tensor, lin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The shift c = max(m, log lin, LOG_FLOOR), the linear term's factor e^{-c} and the null
-    key's shifted weight e^{LOG_FLOOR - c}, all detached.
+    """The shift c, the linear term's factor e^{-c} and the null key's shifted weight
+    e^{LOG_FLOOR - c} (both 0 where the linear sum is 0), all detached.
 
     m: the softmax scores' max (-inf where no softmax key); lin: the unshifted linear sum >= 0
-    (0 where no linear key), same shape. The factor is 0 where the linear sum is.
+    (0 where no linear key), same shape. c = max(m, log lin, LOG_FLOOR) where lin > 0, else m
+    (0 for a row with no key at all, so that exponentials stay defined).
     """
     m, lin = m.detach(), lin.detach()
-    c = torch.maximum(torch.maximum(m, torch.log(lin)), torch.full_like(m, LOG_FLOOR))
-    return c, torch.where(lin > 0, torch.exp(-c), torch.zeros_like(c)), torch.exp(LOG_FLOOR - c)
+    has_lin = lin > 0
+    c = torch.where(has_lin, torch.maximum(m, torch.log(lin)).clamp_min(LOG_FLOOR), m)
+    c = torch.where(torch.isfinite(c), c, torch.zeros_like(c))
+    zero = torch.zeros_like(c)
+    return c, torch.where(has_lin, torch.exp(-c), zero), torch.where(has_lin, torch.exp(LOG_FLOOR - c), zero)
 
 
 def _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows, sinks, sink_bias, log_gate):
@@ -111,7 +119,7 @@ def hybrid_attention_weights_naive(
     log_gate: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The hybrid attention's weights over the keys, in fp32 (each row sums to 1 less the null
-    key's share: to 1 within e^-20 unless the row's keys are all but weightless).
+    key's share, or is all zero for a query with no valid key).
 
     Args:
         q: (B, H, R, D) queries after RoPE at positions `rows`; qf: (B, H, R, F) their features.
@@ -124,7 +132,7 @@ def hybrid_attention_weights_naive(
     """
     weights, den = _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, rows, sinks,
                            sink_bias, log_gate)
-    return weights / den
+    return weights / torch.where(den > 0, den, 1.0)
 
 
 def hybrid_attention_naive(
@@ -163,5 +171,5 @@ def hybrid_attention_naive(
     """
     weights, den = _scores(q, k, qf, kf, gamma, window, linear, scale, key_valid, None, sinks,
                            sink_bias, log_gate)
-    y = (weights @ expand_heads(v.float(), q.shape[1])) / den
+    y = (weights @ expand_heads(v.float(), q.shape[1])) / torch.where(den > 0, den, 1.0)
     return y.to(q.dtype)

@@ -4,11 +4,11 @@ One program per (query block n of BT tokens, batch x query head). It starts from
 linear state of the far chunks (`triton_state.py`), then walks the key blocks
 n - delta .. n that hold the window, splitting each score tile by absolute position into
 window (i - w < j <= i), linear (j <= i - w) and masked. The shift c_i of the reference,
-max(window max, log linear sum, LOG_FLOOR), is kept as a running max that starts at
-max(log of the far state's linear sum, LOG_FLOOR), with the null key's weight already in the
-denominator, and takes each block's window max and the log of its linear sum: when it grows,
-the accumulated numerator and denominator are rescaled, so at the end both carry exactly
-exp(-c_i), and the largest term is 1 however negative the scores.
+max(window max, log linear sum, LOG_FLOOR once there is linear mass), is kept as a running max
+that starts at the far state's max(log linear sum, LOG_FLOOR) and takes each block's window max
+and the log of its linear sum; the null key's weight joins the denominator with the row's first
+linear mass. When the max grows, the accumulated numerator and denominator are rescaled, so at
+the end both carry exactly exp(-c_i), and the largest term is 1 however negative the scores.
 
 Packed sequences (`IS_VARLEN`, `triton_varlen.py`): a program's block lies in one sequence and
 its positions, masks and states are those of that sequence alone.
@@ -43,7 +43,8 @@ from .triton_varlen import VarlenChunks, seq_chunk
 
 # Globals read inside kernels must be constexpr (compiled Triton refuses others; the interpreter
 # does not check).
-LOG_FLOOR = tl.constexpr(_LOG_FLOOR)  # naive.LOG_FLOOR: the null key's log-weight, the lowest shift
+NEG = tl.constexpr(-1.0e30)  # the running shift before any term: exp(NEG - finite) = 0, exp(NEG - NEG) = 1
+LOG_FLOOR = tl.constexpr(_LOG_FLOOR)  # naive.LOG_FLOOR: the null key's log-weight
 SINK_TILE = 16  # sink keys per row the kernels take (one tile: tl.dot needs 16)
 
 
@@ -120,11 +121,11 @@ def _fwd_kernel(
     b_q = tl.load(q + o_i[:, None] * D + o_d[None, :], mask=m_i[:, None] & m_d[None, :], other=0)
     b_g = tl.load(gamma + i_h).to(tl.float32)
 
-    b_m = tl.full([BT], LOG_FLOOR, dtype=tl.float32)
+    b_m = tl.full([BT], NEG, dtype=tl.float32)
     b_acc = tl.zeros([BT, BD], dtype=tl.float32)
-    b_den = tl.full([BT], 1.0, dtype=tl.float32)  # the null key, shifted by LOG_FLOOR
+    b_den = tl.zeros([BT], dtype=tl.float32)
     b_lin = tl.zeros([BT], dtype=tl.int32)  # the row has linear mass
-    if LINEAR:  # the far state's terms, shifted by max(log of their sum, LOG_FLOOR)
+    if LINEAR:  # the far state's terms and the null key, shifted by max(log of their sum, LOG_FLOOR)
         b_qf = tl.load(qf + o_i[:, None] * F + o_f[None, :], mask=m_i[:, None] & m_f[None, :], other=0)
         p_state = i_hk.to(tl.int64) * N + i_t
         b_h = tl.load(h + p_state * F * D + o_f[:, None] * D + o_d[None, :],
@@ -137,9 +138,10 @@ def _fwd_kernel(
         else:
             b_qfs = b_qf
         b_far = tl.sum(b_qfs.to(tl.float32) * b_z[None, :], 1)
-        b_m = tl.where(b_far > 0, tl.maximum(tl.log(tl.where(b_far > 0, b_far, 1.0)), LOG_FLOOR), LOG_FLOOR)
-        b_acc = tl.dot(b_qfs, b_h.to(b_qf.dtype)) * tl.exp(-b_m)[:, None]
-        b_den = b_far * tl.exp(-b_m) + tl.exp(-(b_m - LOG_FLOOR))
+        b_m = tl.where(b_far > 0, tl.maximum(tl.log(tl.where(b_far > 0, b_far, 1.0)), LOG_FLOOR), NEG)
+        b_e0 = tl.exp(-tl.maximum(b_m, LOG_FLOOR))  # 0 terms where b_far = 0
+        b_acc = tl.dot(b_qfs, b_h.to(b_qf.dtype)) * b_e0[:, None]
+        b_den = tl.where(b_far > 0, b_far * b_e0 + tl.exp(-(tl.maximum(b_m, LOG_FLOOR) - LOG_FLOOR)), 0.0)
         b_lin = (b_far > 0).to(tl.int32)
 
     if SINKS > 0:  # the sink tile: sinks older than the window, softmax terms only
@@ -181,6 +183,7 @@ def _fwd_kernel(
         else:
             b_s = tl.where(win, tl.dot(b_q, tl.trans(b_k)) * scale, float("-inf"))
         b_mn = tl.maximum(b_m, tl.max(b_s, 1))
+        b_null = tl.zeros([BT], dtype=tl.float32)
         if LINEAR:
             if (i_n - j) * BT + BT - 1 >= W:  # the block holds keys older than the window
                 b_kf = tl.load(kf + o_j[:, None] * F + o_f[None, :], mask=m_lin[:, None] & m_f[None, :], other=0)
@@ -192,16 +195,19 @@ def _fwd_kernel(
                 else:
                     b_p = tl.where(lin, tl.dot(b_qf, tl.trans(b_kf)), 0.0)
                 b_psum = tl.sum(b_p, 1)
+                b_first = (b_psum > 0) & (b_lin == 0)  # the row's first linear mass brings the null key
                 b_lin = tl.maximum(b_lin, (b_psum > 0).to(tl.int32))
-                b_mn = tl.maximum(b_mn, tl.where(b_psum > 0, tl.log(tl.where(b_psum > 0, b_psum, 1.0)), LOG_FLOOR))
-                b_w = b_g * tl.exp(b_s - b_mn[:, None]) + b_p * tl.exp(-b_mn)[:, None]
+                b_mn = tl.maximum(b_mn, tl.where(b_psum > 0, tl.maximum(tl.log(tl.where(b_psum > 0, b_psum, 1.0)),
+                                                                        LOG_FLOOR), NEG))
+                b_w = b_g * tl.exp(b_s - b_mn[:, None]) + b_p * tl.exp(-tl.maximum(b_mn, LOG_FLOOR))[:, None]
+                b_null = tl.where(b_first, tl.exp(-(tl.maximum(b_mn, LOG_FLOOR) - LOG_FLOOR)), 0.0)
             else:
                 b_w = b_g * tl.exp(b_s - b_mn[:, None])
         else:
             b_w = b_g * tl.exp(b_s - b_mn[:, None])
         b_alpha = tl.exp(b_m - b_mn)
         b_acc = b_acc * b_alpha[:, None] + tl.dot(b_w.to(b_v.dtype), b_v)
-        b_den = b_den * b_alpha + tl.sum(b_w, 1)
+        b_den = b_den * b_alpha + tl.sum(b_w, 1) + b_null
         b_m = b_mn
         if GATED:
             if LINEAR:
@@ -210,9 +216,10 @@ def _fwd_kernel(
     b_inv = tl.where(b_den > 0, 1.0 / tl.where(b_den > 0, b_den, 1.0), 0.0)
     tl.store(o + o_i[:, None] * D + o_d[None, :], (b_acc * b_inv[:, None]).to(o.dtype.element_ty),
              mask=m_i[:, None] & m_d[None, :])
-    tl.store(cs + o_i, b_m, mask=m_i)
+    b_c = tl.where(b_m > NEG, b_m, 0.0)
+    tl.store(cs + o_i, b_c, mask=m_i)
     tl.store(inv_den + o_i, b_inv, mask=m_i)
-    tl.store(lin_e + o_i, tl.where(b_lin > 0, tl.exp(-b_m), 0.0), mask=m_i)
+    tl.store(lin_e + o_i, tl.where(b_lin > 0, tl.exp(-b_c), 0.0), mask=m_i)
 
 
 def attention_fwd(q, k, v, qf, kf, gamma, h, z, key_valid, window: int, linear: bool,

@@ -164,4 +164,4 @@ def hybrid_decode_step_naive(
         a = gamma.float()[None, :, None] * torch.exp(s - c)
         num = num + torch.einsum("bhw,bhwd->bhd", a, vv)
         den = den + a.sum(-1, keepdim=True)
-    return (num / den).to(q.dtype)
+    return (num / torch.where(den > 0, den, 1.0)).to(q.dtype)

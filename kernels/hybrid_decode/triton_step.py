@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..hybrid_attention.triton_fwd import LOG_FLOOR
+from ..hybrid_attention.triton_fwd import LOG_FLOOR, NEG
 from .naive import SinkState
 
 
@@ -123,16 +123,17 @@ def _decode_kernel(
                 b_bias = 0.0
                 if HAS_BIAS:
                     b_bias = tl.load(sink_bias + i_h).to(tl.float32)
-                # shift c = max(softmax max, log linear sum, LOG_FLOOR) and the null key, as the
-                # reference (hybrid_attention/naive.py)
+                # shift c = max(softmax max, log linear sum, LOG_FLOOR with linear mass) and the
+                # null key, as the reference (hybrid_attention/naive.py)
                 b_num = tl.zeros([BD], dtype=tl.float32)
-                b_c = LOG_FLOOR
+                b_den = 0.0
+                b_c = NEG
                 if LINEAR:
                     b_qf = tl.load(qf + i_bh * F + o_f, mask=m_f, other=0).to(tl.float32)
                     b_lnum = tl.sum(b_qf[:, None] * b_S, 0)
                     b_lden = tl.sum(b_qf * b_z, 0)
                     b_c = tl.where(b_lden > 0, tl.maximum(tl.log(tl.where(b_lden > 0, b_lden, 1.0)), LOG_FLOOR),
-                                   LOG_FLOOR)
+                                   NEG)
                 if W > 0:
                     b_s = tl.sum(b_wk * b_q[None, :], 1) * scale
                     if SINKS > 0:
@@ -143,7 +144,7 @@ def _decode_kernel(
                 if SINKS > 0:
                     b_ss = tl.where(b_sok, tl.sum(b_sk * b_q[None, :], 1) * scale + b_bias, float("-inf"))
                     b_c = tl.maximum(b_c, tl.max(b_ss, 0))
-                b_den = tl.exp(-(b_c - LOG_FLOOR))
+                b_c = tl.where(b_c > NEG, b_c, 0.0)
                 if W > 0:
                     b_a = b_gm * tl.exp(b_s - b_c)
                     b_num += tl.sum(b_a[:, None] * b_wv, 0)
@@ -152,11 +153,11 @@ def _decode_kernel(
                     b_a = b_gm * tl.exp(b_ss - b_c)
                     b_num += tl.sum(b_a[:, None] * b_sv, 0)
                     b_den += tl.sum(b_a, 0)
-                if LINEAR:
-                    b_e = tl.exp(-b_c)
+                if LINEAR:  # with linear mass c >= LOG_FLOOR: e^-c <= e^20
+                    b_e = tl.where(b_lden > 0, tl.exp(-tl.maximum(b_c, LOG_FLOOR)), 0.0)
                     b_num += b_e * b_lnum
-                    b_den += b_e * b_lden
-                b_y = b_num / b_den
+                    b_den += b_e * (b_lden + tl.exp(b_lden * 0.0 + LOG_FLOOR))  # + the null key
+                b_y = b_num / tl.where(b_den > 0, b_den, 1.0)
                 tl.store(o + i_bh * D + o_d, b_y.to(o.dtype.element_ty), mask=m_d)
 
         if W > 0:

@@ -115,6 +115,21 @@ def test_very_negative_scores_keep_the_window_and_finite_gradients(impl, offset)
     torch.testing.assert_close(y[:, :, :8], window_only[:, :, :8])  # no linear keys yet: pure window
 
 
+@pytest.mark.parametrize("impl", [hybrid_attention_naive, hybrid_attention_chunked])
+def test_rows_without_linear_keys_are_softmax_at_any_score(impl):
+    """Qwen2.5 has rows scoring below -300 on every key: with the window covering them (no
+    linear key, hence no null key) they stay exact softmax attention."""
+    q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(1, 2, 1, 2, 40, 8, 8, torch.float32))
+    u = torch.full((8,), 8**-0.5)
+    q, k = q + 30.0 * u, 0.1 * k - 30.0 * u
+    s = q @ k.transpose(-1, -2) * 8**-0.5
+    causal = torch.ones(40, 40).tril().bool()
+    assert s.masked_fill(~causal, float("-inf")).amax(-1).max() < -50  # every row far below 0
+    y = impl(q, k, v, qf, kf, torch.ones(2), window=64)
+    ref = torch.softmax(s.masked_fill(~causal, float("-inf")), -1) @ v
+    torch.testing.assert_close(y, ref, atol=2e-4, rtol=1e-3)  # fp32 scores near -318: ~3e-5 rounding
+
+
 def vanishing_mass_inputs(T=48, D=8, Fd=8, peak=95.0, offset=16.0):
     """Scores near -90 on every key and features peaked on disjoint dimensions, so that a row's
     linear sum is ~e^-95 (denormal in fp32): with no floor, 1 / sum overflows in the backward."""
