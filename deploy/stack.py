@@ -21,7 +21,11 @@ Configuration (environment; every port also shifts with LOLCATS_PORT_OFFSET):
   LOLCATS_PREFECT_PORT 4200   LOLCATS_MLFLOW_PORT 5000   LOLCATS_S3_PORT 8333
   LOLCATS_WEED_MASTER_PORT 9333, _VOLUME_PORT 9340, _FILER_PORT 8888, _ADMIN_PORT 23646
   LOLCATS_S3_BUCKET lolcats   LOLCATS_WORK_POOL local   PREFECT_WORKER_QUERY_SECONDS 10
-  AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (local defaults if unset; never printed)
+  AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (local defaults if unset; never printed; passed
+  only to weed, MLflow and the worker)
+
+Locked storage: only the S3 port takes clients (with the keys); weed's other ports are keyed by
+fresh JWT keys and mutual TLS made at each start of `s3` (see "SeaweedFS security" below).
   LOLCATS_HEARTBEAT_SECONDS 30 (flow-run heartbeats of the worker's runs; Prefect's minimum is 30)
   LOLCATS_ZOMBIE_SECONDS 90 (a deployment run without a heartbeat for this long is marked Crashed)
 
@@ -51,7 +55,10 @@ def command(svc: str, cfg: Config) -> list[str]:
     """The command line that starts one service (credentials are passed by env only)."""
     d = cfg.run_dir
     if svc == "s3":
-        return [venv_bin("weed"), "mini", f"-dir={d / 'weed'}", f"-ip={HOST}", f"-ip.bind={HOST}",
+        # -disableHttp: the master's and filer's HTTP APIs answer 404 (the S3 gateway reaches
+        # them by gRPC); the volume server keeps HTTP for the gateway's data, keyed by JWT.
+        return [venv_bin("weed"), f"-config_dir={weed_security_dir(cfg)}", "mini",
+                f"-dir={d / 'weed'}", f"-ip={HOST}", f"-ip.bind={HOST}", "-disableHttp",
                 "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
                 f"-bucket={cfg.bucket}", f"-s3.port={cfg.s3_port}",
                 f"-master.port={cfg.weed_master_port}", f"-volume.port={cfg.weed_volume_port}",
@@ -69,6 +76,84 @@ def command(svc: str, cfg: Config) -> list[str]:
         return [venv_bin("prefect"), "worker", "start", "--pool", cfg.work_pool,
                 "--type", "process", "--name", f"{cfg.work_pool}-worker"]
     raise StackError(f"unknown service {svc!r}; choose from {', '.join(SERVICES)}")
+
+
+# --- SeaweedFS security (locked storage) ----------------------------------------------------
+# Only the S3 port takes clients, with the stack's keys. Every other port of `weed mini` is
+# closed to anyone without secrets made fresh at each start of the s3 service:
+# - HTTP: the master's and filer's APIs are off (-disableHttp); the volume server and the filer
+#   want a JWT signed with WEED_JWT_SIGNING_KEY / WEED_JWT_FILER_SIGNING_KEY (and the *_READ_KEY
+#   twins for reads), random keys in weed's environment only;
+# - gRPC (each port + 10000, and weed's unix sockets in /tmp): mutual TLS with a certificate of
+#   a CA made at start-up whose private key is thrown away, so nobody can mint another client
+#   certificate; the certificate's key is a 0600 file in RUN_DIR/weed-security.
+
+WEED_JWT_VARS = ("WEED_JWT_SIGNING_KEY", "WEED_JWT_SIGNING_READ_KEY",
+                 "WEED_JWT_FILER_SIGNING_KEY", "WEED_JWT_FILER_SIGNING_READ_KEY")
+WEED_GRPC_COMPONENTS = ("master", "volume", "filer", "s3", "admin", "worker", "msg_broker",
+                        "msg_agent", "mq", "client")
+
+
+def weed_security_dir(cfg: Config) -> Path:
+    return cfg.run_dir / "weed-security"
+
+
+def weed_env(env: dict[str, str]) -> dict[str, str]:
+    """The s3 service's environment plus fresh random JWT keys (they live only in weed)."""
+    import secrets
+
+    return env | {var: secrets.token_urlsafe(32) for var in WEED_JWT_VARS}
+
+
+def write_weed_security(cfg: Config) -> Path:
+    """A fresh CA, one certificate for every weed component (server and client auth) and the
+    security.toml that points weed's gRPC at them; the CA's private key is never stored."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    d = weed_security_dir(cfg)
+    d.mkdir(mode=0o700, parents=True, exist_ok=True)
+    d.chmod(0o700)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def cert(subject: str, key, issuer: str, issuer_key, ca: bool) -> x509.Certificate:
+        b = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+             .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+             .public_key(key.public_key()).serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(minutes=5))
+             .not_valid_after(now + datetime.timedelta(days=3650))
+             .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True))
+        if not ca:
+            b = (b.add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+                 .add_extension(x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False))
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_cert = cert("lolcats-weed-ca", ca_key, "lolcats-weed-ca", ca_key, ca=True)
+    leaf = cert("lolcats-weed", key, "lolcats-weed-ca", ca_key, ca=False)
+    pem = serialization.Encoding.PEM
+    (d / "ca.pem").write_bytes(ca_cert.public_bytes(pem))
+    (d / "weed.pem").write_bytes(leaf.public_bytes(pem))
+    key_file = d / "weed.key"
+    key_file.unlink(missing_ok=True)
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    lines = ["# written by deploy/stack.py at each start of the s3 service; JWT keys are in weed's",
+             "# environment only", "[grpc]", f'ca = "{d / "ca.pem"}"']
+    for comp in WEED_GRPC_COMPONENTS:
+        lines += [f"[grpc.{comp}]", f'cert = "{d / "weed.pem"}"', f'key = "{key_file}"']
+    lines += ["[access]", "ui = false", "[filer.expose_directory_metadata]", "enabled = false"]
+    (d / "security.toml").write_text("\n".join(lines) + "\n")
+    return d
 
 
 # --- process bookkeeping ------------------------------------------------------------------
@@ -93,6 +178,9 @@ def read_pid(cfg: Config, svc: str) -> int | None:
 def _spawn(svc: str, cfg: Config, env: dict[str, str]) -> subprocess.Popen:
     for sub in ("pids", "logs", "weed", "prefect", "mlflow"):
         (cfg.run_dir / sub).mkdir(parents=True, exist_ok=True)
+    if svc == "s3":
+        write_weed_security(cfg)
+        env = weed_env(env)
     log = open(cfg.log_file(svc), "ab")
     log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {svc}\n".encode())
     log.flush()
@@ -147,10 +235,11 @@ def _s3_bucket_ready(cfg: Config) -> bool:
     from botocore.config import Config as BotoConfig
     from botocore.exceptions import BotoCoreError, ClientError
 
-    env = service_env(cfg)
+    env = service_env(cfg, "s3")
     s3 = boto3.client("s3", endpoint_url=cfg.s3_endpoint, region_name=env["AWS_DEFAULT_REGION"],
                       aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
                       aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+                      aws_session_token=env.get("AWS_SESSION_TOKEN"),
                       config=BotoConfig(retries={"max_attempts": 1}, connect_timeout=2,
                                         read_timeout=5))
     try:
@@ -198,7 +287,8 @@ def _failure(svc: str, cfg: Config, what: str) -> str:
 # --- commands -----------------------------------------------------------------------------
 
 
-def _start_one(svc: str, cfg: Config, env: dict[str, str]) -> str:
+def _start_one(svc: str, cfg: Config) -> str:
+    env = service_env(cfg, svc)  # the S3 keys only where USES_S3_KEYS says
     pid = read_pid(cfg, svc)
     if pid and healthy(svc, cfg):
         return f"{svc:8s} already up   pid {pid}"
@@ -219,12 +309,11 @@ def _start_one(svc: str, cfg: Config, env: dict[str, str]) -> str:
 
 def up(cfg: Config, services: list[str]) -> None:
     """Start the requested services (all by default) and wait until each is healthy."""
-    env = service_env(cfg)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     first = [s for s in ("s3", "prefect", "mlflow") if s in services]
     errors = []
     with ThreadPoolExecutor(len(first) or 1) as pool:
-        futs = {s: pool.submit(_start_one, s, cfg, env) for s in first}
+        futs = {s: pool.submit(_start_one, s, cfg) for s in first}
         for s, f in futs.items():
             try:
                 print(f.result(), flush=True)
@@ -232,13 +321,13 @@ def up(cfg: Config, services: list[str]) -> None:
                 errors.append(str(e))
     if not errors and "prefect" in services:
         try:
-            ensure_work_pools(cfg, env)
+            ensure_work_pools(cfg, service_env(cfg, "prefect"))  # a Prefect client: no S3 keys
             print(ensure_zombie_automation(cfg), flush=True)
         except StackError as e:
             errors.append(str(e))
     if not errors and "worker" in services:
         try:
-            print(_start_one("worker", cfg, env), flush=True)
+            print(_start_one("worker", cfg), flush=True)
         except StackError as e:
             errors.append(str(e))
     if errors:

@@ -125,14 +125,34 @@ class Config:
         }
 
 
-def service_env(cfg: Config) -> dict[str, str]:
-    """Environment of every service process: offline switches, endpoints, credentials."""
-    env = dict(os.environ)
+# Credentials and who gets them: the S3 keys go to weed (it enforces them), MLflow (it proxies
+# artifacts to S3) and the worker (its flow runs read and write checkpoints); the Prefect server
+# never touches S3 and gets none. weed's internal keys (WEED_*) are made by stack.py per start.
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+USES_S3_KEYS = frozenset({"s3", "mlflow", "worker"})
+
+
+def s3_credentials(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The S3 keys of the stack (from `environ`, default this process's; local defaults)."""
+    env = os.environ if environ is None else environ
+    creds = {"AWS_ACCESS_KEY_ID": env.get("AWS_ACCESS_KEY_ID") or LOCAL_ACCESS_KEY,
+             "AWS_SECRET_ACCESS_KEY": env.get("AWS_SECRET_ACCESS_KEY") or LOCAL_SECRET_KEY}
+    if env.get("AWS_SESSION_TOKEN"):
+        creds["AWS_SESSION_TOKEN"] = env["AWS_SESSION_TOKEN"]
+    return creds
+
+
+def service_env(cfg: Config, svc: str = "prefect") -> dict[str, str]:
+    """Environment of one service process: offline switches, endpoints, and the S3 credentials
+    only for the services in USES_S3_KEYS (the default, the Prefect server, and the Prefect CLI
+    calls of prefect_setup.py get none). Any WEED_* variable of the caller is dropped: weed's
+    keys are stack.py's business."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARS and not k.startswith("WEED_")}
     env.update(OFFLINE_ENV)
     env.update(cfg.public_env())
-    env.setdefault("AWS_ACCESS_KEY_ID", LOCAL_ACCESS_KEY)
-    env.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_SECRET_KEY)
     env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    if svc in USES_S3_KEYS:
+        env.update(s3_credentials())
     env["PREFECT_HOME"] = str(cfg.run_dir / "prefect")
     env["LOLCATS_REPO"] = str(REPO)  # where deployments' pull step finds flows/ and tasks/
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
