@@ -36,7 +36,7 @@ def perplexity(
     total_nll, total_tokens = 0.0, 0
     with evaluating(model):
         for input_ids, labels in tqdm(loader, desc="perplexity", disable=not progress, leave=False):
-            logits = model(input_ids=input_ids.to(device)).logits  # [B, T, V]
+            logits = model(input_ids=input_ids.to(device), use_cache=False).logits  # [B, T, V]
             targets = labels[:, 1:].to(device)
             for b in range(logits.shape[0]):  # one row at a time keeps the fp32 copy small
                 total_nll += F.cross_entropy(

@@ -92,11 +92,11 @@ class BlockPipe:
         """Forward one micro-batch (B, T) of token ids through the block (inside `transfer_mode`)."""
         rank, world = self.ranks.rank, self.ranks.world_size
         if rank == 0:
-            out = self.inner(input_ids=input_ids.to(self.device)).last_hidden_state
+            out = self.inner(input_ids=input_ids.to(self.device), use_cache=False).last_hidden_state
         else:
             hidden = torch.empty((*input_ids.shape, self.hidden_size), dtype=self.dtype, device=self.device)
             dist.recv(hidden, rank - 1)
-            out = self.inner(inputs_embeds=hidden).last_hidden_state
+            out = self.inner(inputs_embeds=hidden, use_cache=False).last_hidden_state
         if rank < world - 1:
             self.flush()
             out = out.contiguous()

@@ -19,7 +19,7 @@ def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor
     """
     base = base_model(model)
     labels = batch["labels"].to(device)
-    hidden = base.model(input_ids=batch["input_ids"].to(device)).last_hidden_state  # (B, T, hidden)
+    hidden = base.model(input_ids=batch["input_ids"].to(device), use_cache=False).last_hidden_state  # (B, T, hidden)
     target = labels[:, 1:]
     keep = target != -100
     count = int(keep.sum())

@@ -81,7 +81,7 @@ def layer_mse(model: nn.Module, batches: Iterable[dict], device) -> dict[int, fl
     model.eval()
     with torch.no_grad(), transfer_mode(model, train=False) as record:
         for batch in batches:
-            base_model(model).model(input_ids=batch["input_ids"].to(device))
+            base_model(model).model(input_ids=batch["input_ids"].to(device), use_cache=False)
     return {layer: s / n for layer, (s, n) in record.totals().items()}
 
 
@@ -104,7 +104,7 @@ def attention_transfer(
     def step(batch: dict, scale: float) -> dict:
         model.train()
         with torch.no_grad(), transfer_mode(model, train=True, scale=scale) as record:
-            base_model(model).model(input_ids=batch["input_ids"].to(device))
+            base_model(model).model(input_ids=batch["input_ids"].to(device), use_cache=False)
         per_layer = [s / n for s, n in record.totals().values()]
         return {"loss": sum(per_layer) / len(per_layer)}
 

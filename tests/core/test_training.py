@@ -97,3 +97,23 @@ def test_nan_gradient_with_a_finite_loss_stops_before_the_update_naming_the_laye
         attention_transfer(model, batches, EVAL, TrainConfig(max_steps=3, eval_every=2), tmp_path)
     assert all(torch.equal(before[k], p) for k, p in attention_state_names(model).items())
     assert not (tmp_path / "last").exists()
+
+
+def test_training_and_evaluation_forwards_build_no_decode_cache(tmp_path, monkeypatch):
+    """Training runs the parallel attention only: a decode cache (and the state prefill it
+    triggers for every layer) would cost memory and time and serve nothing."""
+    from datasets import Dataset
+
+    from lolcats_core.attention import LolcatsAttention
+    from lolcats_core.evaluation.perplexity import perplexity
+
+    def no_cache(*args, **kwargs):
+        raise AssertionError("a training forward went through the decode cache")
+
+    monkeypatch.setattr(LolcatsAttention, "_cached", no_cache)
+    model = _model()
+    attention_transfer(model, batches, EVAL, TrainConfig(lr=1e-2, max_steps=1, eval_every=1), tmp_path / "s1")
+    add_lora(model, LoraSettings(r=4, alpha=8))
+    lora_adjust(model, batches, EVAL, TrainConfig(lr=1e-3, max_steps=1, eval_every=1), tmp_path / "s2")
+    rows = [{"input_ids": x.tolist(), "labels": x.tolist()} for x in EVAL[0]["input_ids"]]
+    assert perplexity(model, Dataset.from_list(rows), progress=False)["tokens"] > 0
