@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from flows import config as flow_config  # noqa: E402
-from flows.linearize import retry_delays  # noqa: E402
+from flows.linearize import step_options  # noqa: E402
 from tasks import health, mlflow_registry, tracking  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def evaluate(preset: flow_config.Preset = "smollm2-135m", version: str = "champi
     logger.info("evaluating %s v%s (%s) from %s", name, mv.version, version, ckpt)
     run_id = tracking.start_run(name, run_name=f"evaluate-v{mv.version}",
                                 tags={"lolcats.evaluated_version": str(mv.version)})
-    opts = {"retry_delay_seconds": retry_delays(pipeline_tasks.BACKOFF)}
+    opts = step_options(cfg)
     status = "FAILED"
     try:
         data, _ = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)

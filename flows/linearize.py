@@ -6,9 +6,11 @@
 
 One MLflow run per flow run (experiment `lolcats-<name>`) holds params, step metrics, plots
 and evaluation JSON; the final checkpoint becomes a version of `lolcats-<name>` (alias
-`candidate`, `champion` if the config's gate passes). Every step is skipped when its
-fingerprinted output exists (locally or in S3), so a re-run with unchanged inputs costs
-seconds and registers nothing.
+`candidate`, `champion` if it passes the config's gate and is no worse than the current
+champion; a re-run re-gates the existing version and records a changed evaluation). Only
+transient errors are retried; each task is bounded by the config's `service:` timeouts.
+Every step is skipped when its fingerprinted output exists (locally or in S3), so a re-run
+with unchanged inputs costs seconds and registers nothing.
 """
 
 from __future__ import annotations
@@ -33,6 +35,14 @@ def retry_delays(default):
     """Task retry delays: `LOLCATS_TASK_RETRY_DELAYS` ("2,5,10") or the tasks' backoff."""
     raw = os.environ.get("LOLCATS_TASK_RETRY_DELAYS")
     return [float(x) for x in raw.split(",")] if raw else default
+
+
+def step_options(cfg, training: bool = False) -> dict:
+    """`with_options` of a step task: retry delays and the config's `service:` time limit."""
+    from tasks.retry import BACKOFF
+
+    limit = cfg.service.train_timeout_s if training else cfg.service.task_timeout_s
+    return {"retry_delay_seconds": retry_delays(BACKOFF), "timeout_seconds": limit}
 
 
 def start_tracking(cfg, preset: str | None, profile: str | None, overrides: list[str] | None) -> str:
@@ -75,13 +85,13 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
     health.check_s3()
     logger.info("linearizing %s (%s) on %s; outputs under %s/%s", cfg.model, cfg.name,
                 cfg.resolved_device(), cfg.output_dir, cfg.name)
-    opts = {"retry_delay_seconds": retry_delays(pipeline_tasks.BACKOFF)}
+    opts, train_opts = step_options(cfg), step_options(cfg, training=True)
     run_id = start_tracking(cfg, preset, profile, overrides)
     status = "FAILED"
     try:
         data, base = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)
-        stage1 = pipeline_tasks.attention_transfer.with_options(**opts)(cfg, data, base, run_id)
-        stage2 = pipeline_tasks.lora_adjust.with_options(**opts)(cfg, data, stage1, run_id)
+        stage1 = pipeline_tasks.attention_transfer.with_options(**train_opts)(cfg, data, base, run_id)
+        stage2 = pipeline_tasks.lora_adjust.with_options(**train_opts)(cfg, data, stage1, run_id)
         reports = {}
         for name, path in (("teacher", None), ("linearized", stage2["model"])):
             from tasks.metrics import merge_reports
@@ -90,7 +100,8 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
             lm = evaluation.evaluate_lm_eval.with_options(**opts)(cfg, data, path, name, run_id)
             reports[name] = merge_reports(lm, passkey)
         reg = register_task.register_model.with_options(**opts)(
-            cfg, run_id, stage1, stage2, reports["teacher"], reports["linearized"], data.fingerprint)
+            cfg, run_id, stage1, stage2, reports["teacher"], reports["linearized"], data.fingerprint,
+            profile=profile, overrides=overrides)
         status = "FINISHED"
     finally:
         try:
@@ -106,7 +117,7 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
                              description=f"linearize {cfg.name}")
     print(text)
     return {"registered": reg["uri"], "version": reg["version"], "created": reg["created"],
-            "promoted": reg["promoted"], "url": reg["url"], "mlflow_run_id": run_id,
+            "promoted": reg["promoted"], "champion": reg["champion"], "url": reg["url"], "mlflow_run_id": run_id,
             "stage1_dir": stage1["dir"], "stage2_dir": stage2["dir"],
             "stage1_steps": stage1["steps"], "stage2_steps": stage2["steps"]}
 

@@ -7,8 +7,13 @@ metrics against its teacher's by them.
       min_passkey_delta: 0.0          # passkey accuracy >= the teacher's + delta
       min_zero_shot_delta: -0.01      # zero-shot average >= the teacher's - 0.01
       rules: {<metric>: {max_ratio: x} | {min_delta: x}}   # any flat metric name
+      champion_tolerance: 0.0         # how much worse than the champion a new one may be
 
-An empty gate never passes (there is nothing to check against).
+An empty gate never passes (there is nothing to check against). A model that passes becomes
+champion only if it is not worse than the current champion on the gate's metrics
+(`not_worse`): lower-is-better metrics (`max_ratio` rules) by at most `champion_tolerance`
+relative (0.01: 1 % higher), higher-is-better ones (`min_delta` rules) by at most
+`champion_tolerance` absolute.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 RULE_KINDS = ("max_ratio", "min_delta")
+CHAMPION_TOLERANCE = "champion_tolerance"
 SHORTHANDS = {
     "max_perplexity_ratio": ("perplexity", "max_ratio"),
     "max_lambada_ppl_ratio": ("lambada_ppl", "max_ratio"),
@@ -34,6 +40,8 @@ def gate_rules(gate: dict | None) -> dict[str, tuple[str, float]]:
         if key in SHORTHANDS:
             metric, kind = SHORTHANDS[key]
             rules[metric] = (kind, float(value))
+        elif key == CHAMPION_TOLERANCE:
+            champion_tolerance(gate)
         elif key == "rules":
             for metric, spec in (value or {}).items():
                 if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in RULE_KINDS:
@@ -42,8 +50,21 @@ def gate_rules(gate: dict | None) -> dict[str, tuple[str, float]]:
                 kind, bound = next(iter(spec.items()))
                 rules[metric] = (kind, float(bound))
         else:
-            raise ConfigError(f"gate: unknown setting {key!r}; known: {sorted(SHORTHANDS) + ['rules']}")
+            raise ConfigError(f"gate: unknown setting {key!r}; known: "
+                              f"{sorted(SHORTHANDS) + ['rules', CHAMPION_TOLERANCE]}")
     return rules
+
+
+def champion_tolerance(gate: dict | None) -> float:
+    """The gate's `champion_tolerance` (default 0: never worse than the champion)."""
+    raw = (gate or {}).get(CHAMPION_TOLERANCE, 0.0)
+    try:
+        tol = float(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"gate.{CHAMPION_TOLERANCE}: expected a number >= 0, got {raw!r}") from None
+    if not (math.isfinite(tol) and tol >= 0):
+        raise ConfigError(f"gate.{CHAMPION_TOLERANCE}: expected a number >= 0, got {raw!r}")
+    return tol
 
 
 @dataclass
@@ -82,5 +103,34 @@ def quality_gate(metrics: dict[str, float], teacher: dict[str, float],
             checks[key] = f"{s:.4g} vs teacher {t:.4g} (>= {bound:+g}): {'ok' if good else 'fail'}"
         else:
             raise ValueError(f"quality_gate: unknown rule kind {kind!r} for {key!r}; use one of {RULE_KINDS}")
+        ok &= good
+    return GateResult(ok, checks)
+
+
+def not_worse(metrics: dict[str, float], champion: dict[str, float],
+              rules: dict[str, tuple[str, float]], tolerance: float = 0.0) -> GateResult:
+    """Is a model with `metrics` no worse than the `champion` on the metrics of `rules`?
+
+    `max_ratio` metrics (lower is better): metrics[k] <= champion[k] * (1 + tolerance);
+    `min_delta` metrics (higher is better): metrics[k] >= champion[k] - tolerance.
+    A metric the champion lacks is no obstacle; one the model lacks fails its check.
+    """
+    checks, ok = {}, True
+    for key, (kind, _) in rules.items():
+        s, c = metrics.get(key), champion.get(key)
+        if c is None or not math.isfinite(c):
+            checks[key] = f"champion has no {key}: ok"
+            continue
+        if s is None or not math.isfinite(s):
+            checks[key], ok = f"missing or non-finite ({s} vs champion {c:.4g})", False
+            continue
+        if kind == "max_ratio":
+            good = s <= c * (1 + tolerance)
+            checks[key] = f"{s:.4g} vs champion {c:.4g} (<= +{tolerance:g} rel): {'ok' if good else 'worse'}"
+        elif kind == "min_delta":
+            good = s >= c - tolerance
+            checks[key] = f"{s:.4g} vs champion {c:.4g} (>= -{tolerance:g}): {'ok' if good else 'worse'}"
+        else:
+            raise ValueError(f"not_worse: unknown rule kind {kind!r} for {key!r}; use one of {RULE_KINDS}")
         ok &= good
     return GateResult(ok, checks)

@@ -9,6 +9,7 @@ A run config names the base model and holds one section per pipeline step:
     stage1: {batch_size, tokens | max_steps, lr, ...}     # attention transfer
     stage2: {batch_size, tokens | max_steps, lr, lora: {...}, ...}  # LoRA adjustment
     eval: {...}                    # EvalConfig fields
+    service: {task_timeout_s, train_timeout_s}   # how the Prefect flow bounds its tasks
     profiles: {cpu-smoke: {<overrides>}, gpu: {...}}
 
 `extends: base.yaml` at the top of a file merges it over another config (ablations).
@@ -36,7 +37,8 @@ from .lora import LoraSettings
 from .presets import PRESETS
 from .training import TrainConfig
 
-SECTIONS = ("linearize", "data", "stage1", "stage2", "eval")
+SECTIONS = ("linearize", "data", "stage1", "stage2", "eval", "service")
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
@@ -68,6 +70,28 @@ class StageConfig:
 
 
 @dataclass
+class ServiceConfig:
+    """How the service (the Prefect `linearize` flow) runs the steps; no effect on outputs.
+
+    Attributes:
+        task_timeout_s: wall-clock limit in seconds of each non-training task (data
+            preparation, each evaluation, registration); a task past it fails as TimedOut,
+            frees its deployment's concurrency slot and is not retried. 1 s to 7 days.
+        train_timeout_s: the same limit for each training stage (attention transfer, LoRA
+            adjustment), which run longest. 1 s to 7 days.
+    """
+
+    task_timeout_s: float = 6 * 3600.0
+    train_timeout_s: float = 48 * 3600.0
+
+    def __post_init__(self) -> None:
+        for name in ("task_timeout_s", "train_timeout_s"):
+            value = getattr(self, name)
+            if not 1 <= value <= MAX_TIMEOUT_S:
+                raise ConfigError(f"service.{name} must lie between 1 and {MAX_TIMEOUT_S:.0f} s, got {value}")
+
+
+@dataclass
 class RunConfig:
     """Everything a linearization run needs; `fingerprint()` keys its artifacts."""
 
@@ -78,6 +102,7 @@ class RunConfig:
     stage1: StageConfig
     stage2: StageConfig
     eval: EvalConfig
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     output_dir: str = "runs"
@@ -251,6 +276,7 @@ def load_run_config(path: str | Path | None = None, profile: str | None = None,
         stage1=_stage(tree.get("stage1"), "stage1", lora=False),
         stage2=_stage(tree.get("stage2"), "stage2", lora=True),
         eval=_build(EvalConfig, tree.get("eval"), "eval"),
+        service=_build(ServiceConfig, tree.get("service"), "service"),
         source=json.loads(json.dumps(resolved, default=str)),
     )
     _check_model(cfg.model)

@@ -11,11 +11,10 @@ import dataclasses
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 
 from tasks import step_artifacts, tracking
 from tasks.metrics import flat_metrics
-from tasks.pipeline_tasks import BACKOFF, RETRIES
+from tasks.retry import TASK_OPTIONS
 
 
 def _evaluate(cfg, data, model_path: str | None, name: str, part: str, run_id: str | None) -> dict:
@@ -36,7 +35,7 @@ def _evaluate(cfg, data, model_path: str | None, name: str, part: str, run_id: s
     return report
 
 
-@task(name="evaluate_passkey", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE,
+@task(name="evaluate_passkey", **TASK_OPTIONS,
       log_prints=False)
 def evaluate_passkey(cfg, data, model_path: str | None, name: str, run_id: str | None = None) -> dict:
     """Passkey retrieval of a checkpoint (None: the teacher); {} when the config disables it."""
@@ -47,7 +46,7 @@ def evaluate_passkey(cfg, data, model_path: str | None, name: str, run_id: str |
     return _evaluate(cfg, data, model_path, name, "passkey", run_id)
 
 
-@task(name="evaluate_lm_eval", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE,
+@task(name="evaluate_lm_eval", **TASK_OPTIONS,
       log_prints=False)
 def evaluate_lm_eval(cfg, data, model_path: str | None, name: str, run_id: str | None = None) -> dict:
     """Held-out and out-of-distribution perplexity and the config's lm-eval tasks (None: the teacher)."""

@@ -6,9 +6,17 @@ are. Names are `lolcats-<preset>`. Every version carries the tags
     lolcats.fingerprint       idempotency key: fingerprint of all inputs of the pipeline
     lolcats.base_model        base model id          lolcats.base_revision  its revision
     lolcats.data_fingerprint  hash of the data       lolcats.code_commit    git commit of the code
-    metric.<name>             evaluation metrics (also logged on the source run)
+    metric.<name>             evaluation metrics (also logged on the source run): always the
+                              latest evaluation (`record_evaluation` replaces them)
+    teacher.<name>            the teacher's metrics of that evaluation (to re-run the gate)
+    lolcats.evaluation_run_id the MLflow run of that evaluation
+    gate.passed, gate.summary the latest gate verdict; champion.check: the comparison with the
+                              champion it had to beat
 
 and its description holds a markdown table of the evaluation, so the registry page shows it.
+`judge` decides the `champion` alias: a version takes it only when it passes the gate and is
+not worse than the current champion on the gate's metrics; a champion that fails the current
+gate loses it.
 `register_version` first looks for a version with the same fingerprint and returns it instead
 of registering twice. Tracking server: MLFLOW_TRACKING_URI (checked up front, see health.py).
 """
@@ -180,10 +188,10 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
     if own_run:
         c.set_terminated(run_id)
 
-    tags = info.tags() | {f"metric.{k}": f"{float(v):.6g}" for k, v in (metrics or {}).items()}
+    tags = info.tags() | _metric_tags(metrics, teacher_metrics) | {EVAL_RUN: run_id}
     desc = description
     if metrics:
-        desc = (desc + "\n\n" if desc else "") + "### Evaluation\n\n" + \
+        desc = (desc + "\n\n" if desc else "") + EVAL_HEADING + \
             metrics_markdown(metrics, teacher_metrics)
     mv = c.create_model_version(name, source=source, run_id=run_id, tags=tags, description=desc,
                                 model_id=model_id)
@@ -199,6 +207,130 @@ def register_version(name: str, artifact_dir: str | os.PathLike, info: VersionIn
         c.set_registered_model_alias(name, alias, mv.version)
     log.info("registered %s version %s (%s)", name, mv.version, version_url(name, mv.version))
     return Registered(name, int(mv.version), run_id, created=True)
+
+
+EVAL_HEADING = "### Evaluation\n\n"
+EVAL_RUN = f"{TAG}evaluation_run_id"
+
+
+def _metric_tags(metrics: dict | None, teacher: dict | None) -> dict[str, str]:
+    return {f"{prefix}{k}": f"{float(v):.6g}" for prefix, ms in (("metric.", metrics), ("teacher.", teacher))
+            for k, v in (ms or {}).items() if v is not None and math.isfinite(float(v))}
+
+
+def recorded_metrics(mv: ModelVersion) -> tuple[dict[str, float], dict[str, float]]:
+    """(metrics, teacher metrics) a version's tags record (its latest evaluation)."""
+    out: tuple[dict[str, float], dict[str, float]] = ({}, {})
+    for k, v in (mv.tags or {}).items():
+        for i, prefix in enumerate(("metric.", "teacher.")):
+            if k.startswith(prefix):
+                try:
+                    out[i][k[len(prefix):]] = float(v)
+                except ValueError:
+                    pass
+    return out
+
+
+def record_evaluation(name: str, version: int | str, metrics: dict[str, float],
+                      teacher_metrics: dict[str, float] | None, run_id: str | None, *,
+                      tracking_uri: str | None = None) -> bool:
+    """Make a version's tags and description hold this evaluation (e.g. after the `eval:`
+    settings changed): `metric.*` / `teacher.*` tags replaced (stale ones deleted), the
+    evaluating run in `lolcats.evaluation_run_id`. Returns whether anything changed."""
+    c = _client(tracking_uri)
+    mv = c.get_model_version(name, str(version))
+    want = _metric_tags(metrics, teacher_metrics)
+    have = {k: v for k, v in (mv.tags or {}).items() if k.startswith(("metric.", "teacher."))}
+    if want == have:
+        return False
+    for k in set(have) - set(want):
+        c.delete_model_version_tag(name, str(version), k)
+    for k, v in want.items():
+        if have.get(k) != v:
+            c.set_model_version_tag(name, str(version), k, v)
+    if run_id:
+        c.set_model_version_tag(name, str(version), EVAL_RUN, run_id)
+    head = (mv.description or "").split(EVAL_HEADING)[0].rstrip()
+    note = f"\n\nRe-evaluated by MLflow run `{run_id}`." if run_id else ""
+    c.update_model_version(name, str(version), description=(head + "\n\n" if head else "") + EVAL_HEADING
+                           + metrics_markdown(metrics, teacher_metrics) + note)
+    log.info("%s version %s: evaluation updated (%d metric tags changed)", name, version,
+             len(set(want.items()) ^ set(have.items())))
+    return True
+
+
+@dataclass
+class Verdict:
+    """Outcome of `judge`: whether the version is champion now, and why."""
+
+    champion: bool
+    promoted: bool
+    demoted: bool
+    gate: str
+    reason: str
+
+    def summary(self) -> str:
+        return f"{self.gate}; {self.reason}"
+
+
+def judge(name: str, version: int | str, gate: dict | None, *, alias: str = CHAMPION,
+          tracking_uri: str | None = None) -> Verdict:
+    """Run the gate (`lolcats_core.gate`, a config's `gate:` section) on the version's recorded
+    metrics and decide the `champion` alias:
+
+    - the version fails the gate: not champion (it loses the alias if it held it);
+    - the current champion (another version) fails this gate: it loses the alias;
+    - the version passes and there is no champion, or it is not worse than the champion on
+      the gate's metrics (within `champion_tolerance`): it becomes champion;
+    - else the champion stays. Verdicts are tags `gate.passed`, `gate.summary`, `champion.check`.
+    """
+    from lolcats_core.gate import champion_tolerance, gate_rules, not_worse, quality_gate
+
+    c = _client(tracking_uri)
+    version = str(version)
+    rules, tol = gate_rules(gate), champion_tolerance(gate)
+    mv = c.get_model_version(name, version)
+    metrics, teacher = recorded_metrics(mv)
+    result = quality_gate(metrics, teacher, rules)
+    c.set_model_version_tag(name, version, "gate.passed", str(result.passed).lower())
+    c.set_model_version_tag(name, version, "gate.summary", result.summary()[:5000])
+    champ = version_by_alias(name, alias, tracking_uri)
+    if champ is not None and champ.version != version:
+        c_metrics, c_teacher = recorded_metrics(champ)
+        c_result = quality_gate(c_metrics, c_teacher or teacher, rules)
+        if not c_result.passed:
+            c.delete_registered_model_alias(name, alias)
+            c.set_model_version_tag(name, champ.version, "gate.passed", "false")
+            c.set_model_version_tag(name, champ.version, "gate.summary", c_result.summary()[:5000])
+            log.warning("%s version %s fails the current gate and is no longer @%s: %s",
+                        name, champ.version, alias, c_result.summary())
+            champ_demoted, champ = champ.version, None
+        else:
+            champ_demoted = None
+    else:
+        champ_demoted = None
+    demoted_note = f" (version {champ_demoted} failed this gate and lost @{alias})" if champ_demoted else ""
+    if not result.passed:
+        if champ is not None and champ.version == version:
+            c.delete_registered_model_alias(name, alias)
+            log.warning("%s version %s fails the gate and is no longer @%s: %s", name, version,
+                        alias, result.summary())
+            return Verdict(False, False, True, result.summary(), f"demoted from @{alias}")
+        return Verdict(False, False, False, result.summary(), f"not promoted{demoted_note}")
+    if champ is not None and champ.version == version:
+        return Verdict(True, False, False, result.summary(), f"stays @{alias}")
+    if champ is not None:
+        cmp = not_worse(metrics, recorded_metrics(champ)[0], rules, tol)
+        check = f"vs version {champ.version}: " + cmp.summary()
+        c.set_model_version_tag(name, version, "champion.check", check[:5000])
+        if not cmp.passed:
+            log.info("%s version %s passes the gate but is worse than @%s (version %s): %s",
+                     name, version, alias, champ.version, cmp.summary())
+            return Verdict(False, False, False, result.summary(),
+                           f"not promoted: worse than @{alias} version {champ.version} ({cmp.summary()})")
+    c.set_registered_model_alias(name, alias, version)
+    log.info("%s version %s promoted to @%s", name, version, alias)
+    return Verdict(True, True, False, result.summary(), f"promoted to @{alias}{demoted_note}")
 
 
 def promote(name: str, version: int | str, result: GateResult, *,

@@ -9,6 +9,9 @@ disk lacks it; after every held-out evaluation the trainer folder is shipped to 
 Skipping is by fingerprint + done.json + S3 completeness (not Prefect's result cache, which
 would need the step's inputs hashed and results persisted twice): a re-run with unchanged
 inputs costs a base-model load and a few S3/MLflow calls.
+
+Only transient failures are retried, with jittered backoff (`tasks.retry`); each task's
+`timeout_seconds` comes from the run config's `service:` section (set by the flow).
 """
 
 from __future__ import annotations
@@ -17,13 +20,9 @@ import json
 from pathlib import Path
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
-from prefect.tasks import exponential_backoff
 
 from tasks import step_artifacts, tracking
-
-RETRIES = 3
-BACKOFF = exponential_backoff(backoff_factor=10)  # 10, 20, 40 s (+ jitter)
+from tasks.retry import BACKOFF, RETRIES, TASK_OPTIONS  # noqa: F401 - re-exported
 
 
 def _stage_hook(cfg, run_id: str | None, stage: str, step_dir: Path):
@@ -74,7 +73,7 @@ def _finish(cfg, run_id, stage: str, rec: dict, step_dir: Path, fresh: bool) -> 
     return rec
 
 
-@task(name="prepare_data", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+@task(name="prepare_data", **TASK_OPTIONS)
 def prepare_data(cfg, run_id: str | None = None):
     """Tokenized, packed training data (cached by content fingerprint) and the base model's
     identity; the prepared dataset is published to S3 as `data/<fingerprint>`."""
@@ -95,7 +94,7 @@ def prepare_data(cfg, run_id: str | None = None):
     return data, ref.to_dict()
 
 
-@task(name="attention_transfer", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+@task(name="attention_transfer", **TASK_OPTIONS)
 def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict:
     """Stage 1 (skipped when done; resumed from the last checkpoint when interrupted)."""
     from lolcats_core import pipeline
@@ -112,7 +111,7 @@ def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict
     return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=True)
 
 
-@task(name="lora_adjust", retries=RETRIES, retry_delay_seconds=BACKOFF, cache_policy=NO_CACHE)
+@task(name="lora_adjust", **TASK_OPTIONS)
 def lora_adjust(cfg, data, stage1: dict, run_id: str | None = None) -> dict:
     """Stage 2 from the stage-1 checkpoint (skipped when done; resumed when interrupted)."""
     from lolcats_core import pipeline

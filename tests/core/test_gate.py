@@ -33,3 +33,17 @@ def test_checks_against_the_teacher():
 def test_an_empty_gate_never_passes():
     g = quality_gate({"ppl": 1.0}, {"ppl": 2.0}, gate_rules({}))
     assert not g.passed and "no gate configured" in g.summary()
+
+
+def test_not_worse_than_the_champion_within_the_tolerance():
+    from lolcats_core.gate import champion_tolerance, not_worse
+
+    rules = {"ppl": ("max_ratio", 1.1), "acc": ("min_delta", -0.01)}
+    assert not_worse({"ppl": 10.05, "acc": 0.495}, {"ppl": 10.0, "acc": 0.5}, rules, 0.01).passed
+    worse = not_worse({"ppl": 10.2, "acc": 0.5}, {"ppl": 10.0, "acc": 0.5}, rules, 0.01)
+    assert not worse.passed and worse.checks["ppl"].endswith("worse") and worse.checks["acc"].endswith("ok")
+    assert not_worse({"ppl": 10.2}, {}, rules).passed  # a champion without the metric is no obstacle
+    assert champion_tolerance({"champion_tolerance": "0.02"}) == 0.02 and champion_tolerance(None) == 0.0
+    assert gate_rules({"max_perplexity_ratio": 1.1, "champion_tolerance": 0.01}) == {"perplexity": ("max_ratio", 1.1)}
+    with pytest.raises(ConfigError, match="champion_tolerance: expected a number >= 0"):
+        gate_rules({"champion_tolerance": -0.1})

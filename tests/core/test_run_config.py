@@ -59,6 +59,7 @@ def test_numeric_text_is_read_as_the_fields_number(tmp_path):
     assert load_run_config(SMOLLM2, None, ["stage2.lr=1e-3"]).stage2.train.lr == 0.001
     # a value valid as given is kept as given (an int lr keeps today's artifact fingerprints)
     assert repr(load_run_config(SMOLLM2, None, ["stage1.lr=1"]).stage1.train.lr) == "1"
+    assert load_run_config(SMOLLM2, None, ["service.task_timeout_s=1e3"]).service.task_timeout_s == 1000.0
 
 
 @pytest.mark.parametrize("override,message", [
@@ -67,6 +68,8 @@ def test_numeric_text_is_read_as_the_fields_number(tmp_path):
     ("eval.passkey_lengths=[1024, x]", r"eval.passkey_lengths: expected list\[int\], got \[1024, 'x'\]"),
     ("dtype=float8", "dtype: expected Literal.*'bfloat16'.*got 'float8'"),
     ("stage1=3", "stage1: expected a mapping of settings, got 3"),
+    ("service.task_timeout_s=0", "service.task_timeout_s must lie between 1 and 604800 s, got 0"),
+    ("gate.champion_tolerance=x", "gate.champion_tolerance: expected a number >= 0, got 'x'"),
 ])
 def test_wrong_types_name_the_path_the_type_and_the_value(override, message):
     from lolcats_core.errors import ConfigError
@@ -80,6 +83,7 @@ def test_wrong_types_name_the_path_the_type_and_the_value(override, message):
     ("stage2.lora.rank=4", "stage2.lora.rank", "stage2.lora"),
     ("linearize.feature_maps=t2r", "linearize.feature_maps", "linearize"),
     ("foo=1", "foo", "the config"),
+    ("service.timeout=5", "service.timeout", "service"),
 ])
 def test_unknown_keys_at_any_depth_name_the_path_and_the_valid_keys(override, path, section):
     from lolcats_core.errors import ConfigError
