@@ -121,7 +121,7 @@ def hybrid_attention_chunked(
         order = torch.where(sink_t, pos, T + pos).argsort(-1)[:, :sinks]  # sink positions first
         s_pos = torch.gather(pos, 1, order)
         s_ok = torch.gather(sink_t, 1, order)
-        take = s_pos.view(B, 1, 1, 1, -1, 1).expand(B, Hkv, 1, 1, sinks, D)
+        take = s_pos.view(B, 1, 1, 1, -1, 1).expand(B, Hkv, 1, 1, s_pos.shape[1], D)  # min(sinks, T)
         k_s = torch.gather(kc.flatten(4, 5), 4, take)[..., None, :, :]  # (B, G, 1, 1, 1, S, D)
         v_s = torch.gather(vc.flatten(4, 5), 4, take)[..., None, :, :]
         i_abs = (torch.arange(N, device=dev)[:, None] * C + torch.arange(C, device=dev)[None, :])[..., None]

@@ -87,6 +87,15 @@ def test_chunked_matches_naive_with_sinks_and_gate(shape):
         torch.testing.assert_close(gr / scale, gr_ref / scale, atol=3e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("T", [2, 3])
+def test_chunked_matches_naive_with_fewer_keys_than_sinks(T):
+    """A prompt shorter than the sink count (a served 2-token prompt with sinks=4)."""
+    args = _inputs(1, 2, 1, 2, T, 8, 8, torch.float32)
+    y_ref = hybrid_attention_naive(*args, 16, True, sinks=4)
+    y = hybrid_attention_chunked(*args, 16, True, sinks=4, chunk_size=16)
+    torch.testing.assert_close(y, y_ref, atol=3e-4, rtol=1e-3)
+
+
 def test_sinks_are_exact_softmax_keys():
     """window + sinks without the linear term is softmax over the window and the first keys."""
     q, k, v, qf, kf, gamma = (t.detach() for t in _inputs(1, 2, 1, 2, 40, 8, 8, torch.float32))
