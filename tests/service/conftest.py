@@ -183,7 +183,7 @@ def tiny_deployment(stack, tiny_root):
 
     cfg = write_config(tiny_root / "tiny-cli.yaml", tiny_tree("tiny-cli", tiny_root / "base", tiny_root))
     linearize.from_source(source=str(REPO), entrypoint="flows/linearize.py:linearize").deploy(
-        name="tiny", work_pool_name="local", parameters={"preset": "tiny", "config": str(cfg)},
+        name="tiny", work_pool_name="local", parameters={"config": str(cfg)},
         job_variables={"env": {"LOLCATS_TASK_RETRY_DELAYS": "2,4,8", "OMP_NUM_THREADS": "2"}},
         print_next_steps=False, ignore_warnings=True)
     return {"name": "linearize/tiny", "config": cfg, "run_name": "tiny-cli"}
