@@ -102,6 +102,9 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
         reg = register_task.register_model.with_options(**opts)(
             cfg, run_id, stage1, stage2, reports["teacher"], reports["linearized"], data.fingerprint,
             profile=profile, overrides=overrides)
+        # a re-run with unchanged inputs registers nothing: filter such runs out of the
+        # experiment with `tags.lolcats.outcome != "reused"`
+        tracking.client().set_tag(run_id, "lolcats.outcome", "registered" if reg["created"] else "reused")
         status = "FINISHED"
     finally:
         try:

@@ -127,6 +127,13 @@ def test_rerun_skips_every_step_and_registers_nothing(stack, tiny_root, tiny_run
     assert "nothing registered" in logs
     assert took < 60, f"a no-op re-run took {took:.0f} s"
     print(f"no-op re-run: {took:.1f} s")
+    from tasks.tracking import client
+
+    run_tags = client().get_run(out["mlflow_run_id"]).data.tags
+    assert run_tags.get("lolcats.outcome") == "reused"  # no-op runs are easy to filter out
+    exp = client().get_experiment_by_name("lolcats-tiny-cli")
+    kept = client().search_runs([exp.experiment_id], filter_string="tags.`lolcats.outcome` = 'registered'")
+    assert [r.info.run_id for r in kept] != [] and out["mlflow_run_id"] not in {r.info.run_id for r in kept}
 
 
 def test_champion_pyfunc_generates_and_evaluate_flow(stack, tiny_run, tiny_deployment):
