@@ -20,7 +20,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..distributed import Ranks
-from .finetune import next_token_loss
+from .finetune import held_out_sums, next_token_loss
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 
 
@@ -54,12 +54,8 @@ class NextTokenLoss(nn.Module):
 
 def held_out_loss_shared(model: nn.Module, batches: list[dict], ranks: Ranks, device) -> float:
     """Token-weighted mean next-token loss over `batches`, each rank scoring every N-th one."""
-    model.eval()
-    total = torch.zeros(2, dtype=torch.float64, device=device)  # (sum of loss x tokens, tokens)
-    with torch.no_grad():
-        for batch in batches[ranks.rank::ranks.world_size]:
-            loss, n = next_token_loss(model, batch, device)
-            total += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=device)
+    total = torch.tensor(held_out_sums(model, batches[ranks.rank::ranks.world_size], device),
+                         dtype=torch.float64, device=device)  # (sum of loss x tokens, tokens)
     dist.all_reduce(total)
     return (total[0] / total[1].clamp(min=1)).item()
 

@@ -30,14 +30,20 @@ def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor
     return loss, count
 
 
-def held_out_loss(model: nn.Module, batches: Iterable[dict], device) -> float:
-    """Token-weighted mean next-token loss over `batches`."""
+def held_out_sums(model: nn.Module, batches: Iterable[dict], device) -> tuple[float, int]:
+    """(sum of next-token loss x tokens, tokens) over `batches`, in eval mode without gradients."""
     model.eval()
     total, tokens = 0.0, 0
     with torch.no_grad():
         for batch in batches:
             loss, n = next_token_loss(model, batch, device)
             total, tokens = total + loss.item() * n, tokens + n
+    return total, tokens
+
+
+def held_out_loss(model: nn.Module, batches: Iterable[dict], device) -> float:
+    """Token-weighted mean next-token loss over `batches`."""
+    total, tokens = held_out_sums(model, batches, device)
     return total / max(tokens, 1)
 
 
