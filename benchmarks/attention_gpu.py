@@ -127,9 +127,14 @@ def fla_candidates(x: dict, ops: dict) -> dict:
     return rows
 
 
-def attention_rows(T: int, fla_ops: dict, rows: dict | None = None, on_row=None) -> dict:
+# fla's gated ops autotune for minutes on their first call: they run after every other row
+GATED_FLA = ("fla_gla", "fla_simple_gla")
+
+
+def attention_rows(T: int, fla_ops: dict, rows: dict | None = None, on_row=None, names=None) -> dict:
     """rows (filled in place, on_row() after each) = {name: (fwd_ms, fwd_GiB, fwdbwd_ms,
-    fwdbwd_GiB)} at one sequence length; fla_ops as `fla_candidates`."""
+    fwdbwd_GiB)} at one sequence length, for the candidates in `names` (default all); fla_ops
+    as `fla_candidates`."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     x = attention_inputs(T)
@@ -141,6 +146,8 @@ def attention_rows(T: int, fla_ops: dict, rows: dict | None = None, on_row=None)
     rows = {} if rows is None else rows
     candidates = our_candidates(x) | {"sdpa_flash": sdpa} | fla_candidates(x, fla_ops)
     for name, fn in candidates.items():
+        if names is not None and name not in names:
+            continue
         if name == "sdpa_flash":  # repeated K/V exist only while SDPA runs, as in HF
             x["kr"], x["vr"] = (x[n].repeat_interleave(H // HKV, 1) for n in ("k", "v"))
         try:
@@ -190,6 +197,7 @@ def run(out_dir: str, lengths: list[int], parts: list[str], batches_8b: list[int
     """Measure `parts` into OUT/attention_gpu.json; parts already in the file from an earlier
     run (another part) are kept."""
     path = Path(out_dir) / "attention_gpu.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     result = json.loads(path.read_text()) if path.exists() else {}
     ops, fla_version = fla_ops() if "attention" in parts else ({}, None)
     result["env"] = result.get("env", {}) | environment() | ({"fla": fla_version} if "attention" in parts else {})
@@ -201,9 +209,12 @@ def run(out_dir: str, lengths: list[int], parts: list[str], batches_8b: list[int
         result[part] = {}
         result.setdefault("commands", {})[part] = command
     if "attention" in parts:
-        for T in lengths:
-            rows = attention_rows(T, ops, result["attention"].setdefault(str(T), {}), on_row=save)
-            print(T, {n: tuple(None if x is None else round(x, 3) for x in r) for n, r in rows.items()}, flush=True)
+        for gated_fla in (False, True):  # every length without fla's gated ops first
+            for T in lengths:
+                rows = attention_rows(T, ops, result["attention"].setdefault(str(T), {}), on_row=save,
+                                      names=set(GATED_FLA) if gated_fla else set(LABELS) - set(GATED_FLA))
+                print(T, {n: tuple(None if x is None else round(x, 3) for x in r) for n, r in rows.items()},
+                      flush=True)
     if "decode" in parts:
         from attention_decode_gpu import DECODE_BATCHES, decode_rows
 

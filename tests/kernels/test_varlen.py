@@ -164,4 +164,5 @@ def test_packed_sequences_get_their_own_sinks_and_gate(monkeypatch, force_triton
     ref = torch.cat([hybrid_attention_naive(q[:, :, p], k[:, :, p], v[:, :, p], qf[:, :, p], kf[:, :, p], gamma,
                                             window, sinks=sinks, sink_bias=bias, log_gate=log_gate[:, :, p])
                      for p in parts], 2)
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+    tol = 5e-3 if CUDA else 1e-5  # GPU fp32 dots run in tf32
+    torch.testing.assert_close(y, ref, atol=tol, rtol=tol)
