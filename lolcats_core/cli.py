@@ -94,8 +94,15 @@ def cmd_linearize(args) -> None:
     print(format_summary(cfg, data, stage1, stage2, teacher["report"], student["report"]))
 
 
+def _print_eval(step: int, metrics: dict) -> None:
+    from .launch import eval_line
+
+    print(eval_line(step, metrics), flush=True)
+
+
 def cmd_train(args) -> None:
-    """One training stage; under torchrun, every rank runs it (block-wise or data parallel)."""
+    """One training stage; under torchrun, every rank runs it (block-wise or data parallel).
+    Rank 0 prints a line per held-out evaluation (`lolcats_core.launch`) and the completion record."""
     import torch.distributed as dist
 
     from .distributed import join_process_group, torchrun_ranks
@@ -115,12 +122,14 @@ def cmd_train(args) -> None:
         if ranks is not None and ranks.is_main:
             dist.barrier()
         if args.stage == 1:
-            record = attention_transfer_step(cfg, data, ranks=ranks)
+            record = attention_transfer_step(cfg, data, on_eval=_print_eval, ranks=ranks)
         else:
-            stage1 = read_done(stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint))
+            done = stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint)
+            stage1 = read_done(done)
             if stage1 is None:
                 raise LolcatsError(f"stage 1 of {cfg.name} has not finished: run `lolcats train --stage 1` first")
-            record = lora_step(cfg, data, stage1, ranks=ranks)
+            stage1 |= {"dir": str(done), "model": str(done / "model")}  # it may come from another machine (S3)
+            record = lora_step(cfg, data, stage1, on_eval=_print_eval, ranks=ranks)
     finally:
         if ranks is not None:
             dist.destroy_process_group()

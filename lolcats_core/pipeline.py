@@ -34,6 +34,8 @@ from .run_config import RunConfig
 from .training import attention_transfer, lora_adjust
 from .training.blockwise import blockwise_attention_transfer
 from .training.data_parallel import data_parallel_lora_adjust
+from .training.loop import restore_best
+from .training.sharded import sharded_lora_adjust
 
 log = logging.getLogger("lolcats.pipeline")
 DONE = "done.json"
@@ -166,9 +168,11 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ra
     return record if ranks is None else _rank_record(out)
 
 
-def stage2_dir(cfg: RunConfig, stage1: dict, data_parallel: int = 1) -> Path:
+def stage2_dir(cfg: RunConfig, stage1: dict, data_parallel: int | None = None) -> Path:
     """Directory of stage 2, named by the stage-1 directory, the stage-2 settings and, on more
-    than one rank, the number of data-parallel ranks (it multiplies the global batch)."""
+    than one rank, the number of data-parallel ranks (it multiplies the global batch; default:
+    the config's `distributed.world_size`)."""
+    data_parallel = cfg.distributed.world_size if data_parallel is None else data_parallel
     fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2),
                      *([data_parallel] if data_parallel > 1 else []))
     return Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
@@ -190,7 +194,7 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
     """Stage 2 from the stage-1 checkpoint; returns the completion record.
 
     ranks: under torchrun, data parallel with `stage2.batch_size` x `grad_accum` rows per rank
-    and step.
+    and step, every weight on every rank (DDP) or sharded (FSDP2; `distributed.stage2`).
     """
     world = ranks.world_size if ranks is not None else 1
     out = stage2_dir(cfg, stage1, world)
@@ -199,7 +203,8 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
         return done
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
-    model = load_linearized(stage1["model"], dtype=cfg.torch_dtype(), device=device)
+    sharded = ranks is not None and cfg.stage2.enabled and _stage2_parallel(cfg, stage1, device) == "fsdp"
+    model = load_linearized(stage1["model"], dtype=cfg.torch_dtype(), device="cpu" if sharded else device)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(stage1["model"])
@@ -213,6 +218,9 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
         eval_batches = _eval_batches(data, cfg.stage2.batch_size)
         if ranks is None:
             result = lora_adjust(model, batches, eval_batches, train_cfg, out / "trainer", on_eval=on_eval)
+        elif sharded:
+            result = sharded_lora_adjust(model, ranks, batches, eval_batches, train_cfg, out / "trainer", device,
+                                         on_eval=on_eval)
         else:
             result = data_parallel_lora_adjust(model, ranks, batches, eval_batches, train_cfg, out / "trainer",
                                                on_eval=on_eval)
@@ -220,6 +228,9 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
     seconds = time.perf_counter() - start
     if ranks is not None and not ranks.is_main:
         return _rank_record(out)
+    if sharded:  # rank 0 saves an unsharded copy: the stage-1 model on the host with the best LoRA
+        model = add_lora(load_linearized(stage1["model"], dtype=cfg.torch_dtype(), device="cpu"), cfg.stage2.lora)
+        restore_best({n: p for n, p in model.named_parameters() if p.requires_grad}, out / "trainer")
     save_linearized(model, out / "model", tokenizer=tokenizer)
     record = _finish(out, {
         "step": "lora_adjust", "dir": str(out), "model": str(out / "model"), "steps": steps,
@@ -227,9 +238,21 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
         "seconds": round(seconds, 1), "history": history,
         "trainable_parameters": (sum(p.numel() for p in model.parameters() if p.requires_grad)
                                  if cfg.stage2.enabled else 0),
-        **({"ranks": world} if ranks is not None else {}),
+        **({"ranks": world, "parallel": "fsdp" if sharded else "ddp"} if ranks is not None else {}),
     })
     return record if ranks is None else _rank_record(out)
+
+
+def _stage2_parallel(cfg: RunConfig, stage1: dict, device: str) -> str:
+    """"ddp" or "fsdp" for stage 2 on several ranks (`plan.stage2_parallel`); "auto" measures the
+    plan of the model (built on the meta device) against this GPU's memory."""
+    from .plan import make_plan, stage2_parallel
+
+    if cfg.distributed.stage2 != "auto" or not device.startswith("cuda"):
+        return stage2_parallel(cfg.distributed.stage2, 0, None)
+    lin = replace(cfg.linearize, softmax_layers=stage1.get("softmax_layers", cfg.linearize.softmax_layers))
+    plan = make_plan(cfg.model, lin, cfg.stage2.lora, dtype=cfg.torch_dtype())
+    return stage2_parallel("auto", plan.stage2_rank_bytes, torch.cuda.get_device_properties(device).total_memory)
 
 
 def evaluate_step(cfg: RunConfig, data: PreparedData, model_path: str | None, name: str) -> dict:

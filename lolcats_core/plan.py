@@ -29,6 +29,7 @@ class Plan:
     # stage 1 per rank: {"rank", "layers": [first, last], "linearized", "weight_bytes", "train_bytes"}
     stage1_blocks: list[dict] = field(default_factory=list)
     stage2_rank_bytes: int = 0  # stage 2 per rank (data parallel): every weight + LoRA training state
+    stage2_sharded_rank_bytes: int = 0  # the same with the weights sharded over the ranks (FSDP2)
 
     def decode_bytes(self, context: int, linearized: bool) -> int:
         """Decode memory per sequence at `context` tokens: KV cache vs lolcats state."""
@@ -38,6 +39,17 @@ class Plan:
 
 
 TRAIN_BYTES_PER_PARAM = 16  # fp32 parameter, gradient and two AdamW moments
+DDP_MEMORY_SHARE = 0.5  # stage 2 keeps every weight on every GPU up to this share of its memory
+
+
+def stage2_parallel(setting: str, rank_bytes: int, device_bytes: int | None) -> str:
+    """Stage 2's form on several ranks, "ddp" or "fsdp": `setting` unless it is "auto"; then
+    FSDP2 when every weight plus the LoRA training state (`Plan.stage2_rank_bytes`) exceeds
+    `DDP_MEMORY_SHARE` of the device's memory (the rest is left for activations), else DDP,
+    always DDP on the CPU (`device_bytes` None)."""
+    if setting != "auto":
+        return setting
+    return "fsdp" if device_bytes is not None and rank_bytes > DDP_MEMORY_SHARE * device_bytes else "ddp"
 
 
 def stage1_blocks(model: torch.nn.Module, gpus: int, elt: int) -> list[dict]:
@@ -92,6 +104,7 @@ def make_plan(model_name: str, lin: LinearizeConfig, lora: LoraSettings,
         gpus=gpus,
         stage1_blocks=stage1_blocks(model, gpus, elt),
         stage2_rank_bytes=total * elt + stage2_params * TRAIN_BYTES_PER_PARAM,
+        stage2_sharded_rank_bytes=-(-total * elt // gpus) + stage2_params * TRAIN_BYTES_PER_PARAM,
     )
 
 
@@ -143,6 +156,10 @@ def format_plan(plan: Plan, lin: LinearizeConfig, lora: LoraSettings,
             first, last = b["layers"]
             lines.append(f"{b['rank']:>6}  {f'{first}-{last}':>8}  {b['linearized']:>10}  "
                          f"{human_bytes(b['weight_bytes']):>10}  {human_bytes(b['train_bytes']):>10}")
-        lines.append(f"stage 2, data parallel: {human_bytes(plan.stage2_rank_bytes)} per GPU (every weight + "
-                     f"fp32 LoRA state); global batch = micro-batch x {plan.gpus} x grad_accum")
+        lines += [f"stage 2, data parallel (global batch = micro-batch x {plan.gpus} x grad_accum), per GPU:",
+                  f"  DDP   {human_bytes(plan.stage2_rank_bytes):>10}  every weight + fp32 LoRA state",
+                  f"  FSDP2 {human_bytes(plan.stage2_sharded_rank_bytes):>10}  1/{plan.gpus} of the weights + fp32 "
+                  "LoRA state (+ the layers being gathered)",
+                  f"  distributed.stage2 auto takes FSDP2 when DDP's footprint exceeds {DDP_MEMORY_SHARE:.0%} "
+                  "of a GPU's memory"]
     return "\n".join(lines)

@@ -10,6 +10,7 @@ A run config names the base model and holds one section per pipeline step:
     stage2: {batch_size, tokens | max_steps, lr, lora: {...}, ...}  # LoRA adjustment
     eval: {...}                    # EvalConfig fields
     service: {task_timeout_s, train_timeout_s}   # how the Prefect flow bounds its tasks
+    distributed: {gpus, nodes, stage2}             # torchrun processes of the training stages
     profiles: {cpu-smoke: {<overrides>}, gpu: {...}}
 
 `extends: base.yaml` at the top of a file merges it over another config (ablations).
@@ -37,7 +38,7 @@ from .lora import LoraSettings
 from .presets import PRESETS
 from .training import TrainConfig
 
-SECTIONS = ("linearize", "data", "stage1", "stage2", "eval", "service")
+SECTIONS = ("linearize", "data", "stage1", "stage2", "eval", "service", "distributed")
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
@@ -92,6 +93,39 @@ class ServiceConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """How many processes run the training stages (torchrun) and how stage 2 spreads over them.
+
+    Stage 1's outputs do not depend on these; stage 2's global batch is
+    `stage2.batch_size` x `world_size` x `grad_accum`, and its directory names the rank count.
+
+    Attributes:
+        gpus: processes per node, one per GPU (or CPU processes with `device: cpu`). The
+            service's training tasks run `torchrun --nproc-per-node gpus` when the run has more
+            than one process, and the stage in their own process when it has one.
+        nodes: machines; more than one trains through the Kubernetes job of
+            deploy/k8s_train.py (deploy/CLUSTER.md), whose results the flow then picks up.
+        stage2: "ddp" (every weight on every GPU), "fsdp" (FSDP2: frozen weights sharded over
+            the ranks) or "auto": FSDP2 on GPUs when `lolcats plan` says the weights and LoRA
+            state exceed half of one GPU's memory (`lolcats_core.plan.stage2_parallel`).
+    """
+
+    gpus: int = 1
+    nodes: int = 1
+    stage2: Literal["auto", "ddp", "fsdp"] = "auto"
+
+    def __post_init__(self) -> None:
+        for name in ("gpus", "nodes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"distributed.{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def world_size(self) -> int:
+        """Processes over all nodes."""
+        return self.gpus * self.nodes
+
+
+@dataclass
 class RunConfig:
     """Everything a linearization run needs; `fingerprint()` keys its artifacts."""
 
@@ -103,6 +137,7 @@ class RunConfig:
     stage2: StageConfig
     eval: EvalConfig
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     device: str = "auto"
     output_dir: str = "runs"
@@ -277,6 +312,7 @@ def load_run_config(path: str | Path | None = None, profile: str | None = None,
         stage2=_stage(tree.get("stage2"), "stage2", lora=True),
         eval=_build(EvalConfig, tree.get("eval"), "eval"),
         service=_build(ServiceConfig, tree.get("service"), "service"),
+        distributed=_build(DistributedConfig, tree.get("distributed"), "distributed"),
         source=json.loads(json.dumps(resolved, default=str)),
     )
     _check_model(cfg.model)

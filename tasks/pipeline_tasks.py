@@ -17,6 +17,7 @@ Only transient failures are retried, with jittered backoff (`tasks.retry`); each
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -26,21 +27,34 @@ from tasks.retry import BACKOFF, RETRIES, TASK_OPTIONS  # noqa: F401 - re-export
 
 
 def _stage_hook(cfg, run_id: str | None, stage: str, step_dir: Path):
-    """on_eval(step, metrics) for a training stage: metrics to MLflow (best-effort), the
-    trainer checkpoint (written just before) to S3 (failures only warn: the final output
-    upload is retried by the task; the checkpoint only shortens a resume)."""
+    """on_eval(step, metrics[, trainer_dir]) for a training stage: metrics to MLflow
+    (best-effort), the trainer checkpoint (written just before; `trainer_dir`: a snapshot of it)
+    to S3 (failures only warn: the final output upload is retried by the task; the checkpoint
+    only shortens a resume)."""
     logger = get_run_logger()
     key = step_artifacts.checkpoint_key(cfg.name, step_dir)
 
-    def on_eval(step: int, metrics: dict) -> None:
+    def on_eval(step: int, metrics: dict, trainer_dir: Path | None = None) -> None:
         tracking.log_metrics(run_id, metrics, step=step, prefix=f"{stage}.", strict=False)
         try:
-            step_artifacts.ship_checkpoint(step_dir / "trainer", key)
+            step_artifacts.ship_checkpoint(trainer_dir or step_dir / "trainer", key)
             logger.info("%s: step %d checkpoint shipped to %s", stage, step, key)
         except Exception as e:  # noqa: BLE001
             logger.warning("%s: could not ship the step-%d checkpoint to S3 (%s); training "
                            "goes on", stage, step, e)
     return on_eval
+
+
+def _train(cfg, stage: int, step_dir: Path, on_eval, in_process) -> dict:
+    """A training stage: `in_process(on_eval=...)`, or under torchrun on this machine when the
+    config asks for several processes (`distributed.gpus`), their output in this task's log."""
+    if cfg.distributed.world_size == 1:
+        return in_process(on_eval=on_eval)
+    from lolcats_core.launch import torchrun_stage
+
+    logger = get_run_logger()
+    logger.info("stage %d: torchrun with %d processes", stage, cfg.distributed.gpus)
+    return torchrun_stage(cfg, stage, step_dir, on_line=logger.info, on_eval=on_eval)
 
 
 def _resume_note(stage: str, step_dir: Path, cfg) -> None:
@@ -106,7 +120,8 @@ def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict
         logger.info("attention_transfer: done before (%s), skipping: %s", where, step_dir)
         return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=False)
     _resume_note("attention_transfer", step_dir, cfg)
-    rec = pipeline.attention_transfer_step(cfg, data, on_eval=_stage_hook(cfg, run_id, "stage1", step_dir))
+    rec = _train(cfg, 1, step_dir, _stage_hook(cfg, run_id, "stage1", step_dir),
+                 partial(pipeline.attention_transfer_step, cfg, data))
     logger.info("attention_transfer: %d steps, %s tokens in %.0f s", rec["steps"], rec["tokens"], rec["seconds"])
     return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=True)
 
@@ -123,7 +138,8 @@ def lora_adjust(cfg, data, stage1: dict, run_id: str | None = None) -> dict:
         logger.info("lora_adjust: done before (%s), skipping: %s", where, step_dir)
         return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=False)
     _resume_note("lora_adjust", step_dir, cfg)
-    rec = pipeline.lora_step(cfg, data, stage1, on_eval=_stage_hook(cfg, run_id, "stage2", step_dir))
+    rec = _train(cfg, 2, step_dir, _stage_hook(cfg, run_id, "stage2", step_dir),
+                 partial(pipeline.lora_step, cfg, data, stage1))
     logger.info("lora_adjust: %d steps, %s tokens in %.0f s", rec["steps"], rec["tokens"], rec["seconds"])
     return _finish(cfg, run_id, "stage2", rec, step_dir, fresh=True)
 

@@ -3,9 +3,11 @@
     python tests/distributed_worker.py STAGE OUT [--steps N] [--grad-accum G]
     torchrun --nproc-per-node 2 tests/distributed_worker.py STAGE OUT ...
 
-STAGE is `transfer` (stage 1, block-wise under torchrun) or `lora` (stage 2, data parallel).
+STAGE is `transfer` (stage 1, block-wise under torchrun), `lora` (stage 2, data parallel) or
+`fsdp` (stage 2, data parallel with the weights sharded; single-process: as `lora`).
 Rank 0 (or the single process) writes OUT/params.safetensors (the trained parameters, and
-for stage 1 the held-out MSE per layer as `mse.<layer>`).
+for stage 1 the held-out MSE per layer as `mse.<layer>`, for stage 2 the held-out loss of
+every evaluation as `eval_loss`).
 """
 
 import argparse
@@ -25,6 +27,7 @@ from lolcats_core.distributed import join_process_group, torchrun_ranks  # noqa:
 from lolcats_core.training import TrainConfig, attention_transfer, lora_adjust  # noqa: E402
 from lolcats_core.training.blockwise import blockwise_attention_transfer  # noqa: E402
 from lolcats_core.training.data_parallel import data_parallel_lora_adjust  # noqa: E402
+from lolcats_core.training.sharded import sharded_lora_adjust  # noqa: E402
 
 
 def tiny_model(layers: int = 4) -> torch.nn.Module:
@@ -59,18 +62,22 @@ def run(stage: str, out: Path, steps: int, grad_accum: int) -> None:
     else:
         model = add_lora(model, LoraSettings(r=4, alpha=8))
         if ranks is None:
-            lora_adjust(model, batches, EVAL, cfg, out / "trainer")
+            result = lora_adjust(model, batches, EVAL, cfg, out / "trainer")
+        elif stage == "fsdp":
+            result = sharded_lora_adjust(model, ranks, batches, EVAL, cfg, out / "trainer", "cpu")
         else:
-            data_parallel_lora_adjust(model, ranks, batches, EVAL, cfg, out / "trainer")
+            result = data_parallel_lora_adjust(model, ranks, batches, EVAL, cfg, out / "trainer")
+        tensors["eval_loss"] = torch.tensor([h["eval_score"] for h in result.history], dtype=torch.float64)
     if ranks is None or ranks.is_main:
-        keys = ("feature_map", "window_gate", "sink_logit", "state_gate", "lora_")
+        # sharded (FSDP) frozen weights are DTensors: compare the LoRA parameters only
+        keys = ("lora_",) if stage == "fsdp" else ("feature_map", "window_gate", "sink_logit", "state_gate", "lora_")
         tensors.update({k: v.detach().clone() for k, v in model.state_dict().items() if any(s in k for s in keys)})
         save_file(tensors, out / "params.safetensors")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["transfer", "lora"])
+    parser.add_argument("stage", choices=["transfer", "lora", "fsdp"])
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--grad-accum", type=int, default=1)

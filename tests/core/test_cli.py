@@ -90,3 +90,14 @@ def test_plan_llama3_70b_on_8_gpus_prints_the_layer_blocks(capsys):
     blocks = [line.split()[1] for line in out.splitlines() if re.fullmatch(r"\s+\d+\s+\d+-\d+\s.*GiB.*", line)]
     assert blocks == [f"{10 * i}-{10 * i + 9}" for i in range(8)]
     assert "stage 2, data parallel" in out and "x 8 x grad_accum" in out
+    assert re.search(r"DDP\s+132\.\d GiB", out) and re.search(r"FSDP2\s+16\.\d GiB\s+1/8 of the weights", out), out
+
+
+def test_stage2_auto_shards_when_every_weight_takes_more_than_half_a_gpu():
+    from lolcats_core.plan import stage2_parallel
+
+    gib = 2**30
+    assert stage2_parallel("auto", 132 * gib, 141 * gib) == "fsdp"  # Llama 3 70B on an H200
+    assert stage2_parallel("auto", 16 * gib, 80 * gib) == "ddp"  # Llama 3 8B on an 80 GB GPU
+    assert stage2_parallel("auto", 132 * gib, None) == "ddp"  # CPU processes
+    assert stage2_parallel("fsdp", 1, None) == "fsdp" and stage2_parallel("ddp", 132 * gib, 141 * gib) == "ddp"

@@ -76,6 +76,17 @@ def test_data_parallel_stage2_equals_the_single_process_run_at_the_same_global_b
     _assert_close(single, multi, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_fsdp_stage2_equals_the_single_process_run_at_the_same_global_batch(tmp_path):
+    """FSDP2 (frozen weights sharded over 2 gloo ranks, LoRA replicated), 2 ranks x 2 accumulation
+    steps x 2 rows against one process with 4 accumulation steps: held-out losses and LoRA
+    weights within fp32 tolerance (as for DDP)."""
+    multi = _run("fsdp", tmp_path / "multi", "--grad-accum", "2")
+    single = _single("fsdp", tmp_path / "single", grad_accum=4)
+    assert len(single["eval_loss"]) == 2 and any(k.endswith("lora_B.default.weight") for k in single)
+    _assert_close(single, multi, atol=1e-5)
+
+
 def _worker_pid(launcher: int, rank: int) -> int:
     for pid in descendant_pids(launcher):
         try:
@@ -114,7 +125,8 @@ def test_a_killed_rank_ends_the_run_and_a_rerun_resumes(tmp_path):
 def test_torchrun_cli_trains_both_stages_into_the_single_process_checkpoint(smollm2_dir, tmp_path):
     """`torchrun -m lolcats_core.cli train` on a tiny model with the SmolLM2 tokenizer: the
     gathered stage-1 checkpoint holds the single-process run's weights; stage 2 then runs data
-    parallel, counting tokens over both ranks."""
+    parallel with its weights sharded (FSDP2), counting tokens over both ranks, and rank 0 saves
+    the usual checkpoint with the best LoRA weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from helpers import make_tiny_config
@@ -133,13 +145,40 @@ def test_torchrun_cli_trains_both_stages_into_the_single_process_checkpoint(smol
                       "stage2: {batch_size: 1, max_steps: 2, eval_every: 1, lora: {r: 4, alpha: 8}}\n")
     records = []
     for stage in ("1", "2"):
-        result = subprocess.run(TORCHRUN + ["-m", "lolcats_core.cli", "train", "--stage", stage, "--config", str(config)],
+        result = subprocess.run(TORCHRUN + ["-m", "lolcats_core.cli", "train", "--stage", stage, "--config", str(config),
+                                            "--set", "distributed.stage2=fsdp"],
                                 env=ENV, capture_output=True, text=True, timeout=240)
         assert result.returncode == 0, result.stderr[-3000:]
+        assert result.stdout.count("lolcats-eval ") == (3 if stage == "1" else 2)  # one line per evaluation
         records.append(json.loads(result.stdout.strip().splitlines()[-1]))
     assert [r["step"] for r in records] == ["attention_transfer", "lora_adjust"]
     assert records[1]["tokens"] == 2 * 1 * 2 * 64  # steps x micro-batch x ranks x seq_len
+    assert json.loads((Path(records[1]["dir"]) / "done.json").read_text())["parallel"] == "fsdp"
+    best = load_file(Path(records[1]["dir"]) / "trainer" / "best.safetensors")
+    saved = load_file(Path(records[1]["model"]) / "model.safetensors")
+    assert best and all(torch.equal(saved["lora::" + k.replace(".default.", ".")], v) for k, v in best.items())
     assert main(["train", "--stage", "1", "--config", str(config), "--set", f"output_dir={tmp_path / 'single'}"]) == 0
     same_dir = tmp_path / "single" / "tiny" / Path(records[0]["dir"]).name  # the fingerprint ignores the rank count
     single = load_file(same_dir / "model" / "model.safetensors")
     _assert_close(single, load_file(Path(records[0]["model"]) / "model.safetensors"), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_failed_torchrun_launch_raises_the_ranks_error(tiny_model_dir, tmp_path):
+    """The service's launcher (`lolcats_core.launch`): ranks that fail (here: the base model is
+    gone when they load the config) end in a LaunchError quoting their error and torchrun's first
+    failure; every line they printed went to on_line."""
+    import shutil
+
+    from lolcats_core.launch import LaunchError, torchrun_stage
+    from lolcats_core.run_config import load_run_config
+
+    cfg = load_run_config(tree={"name": "gone", "model": str(tiny_model_dir), "device": "cpu",
+                                "output_dir": str(tmp_path / "runs"), "distributed": {"gpus": 2}})
+    shutil.rmtree(tiny_model_dir)
+    lines = []
+    with pytest.raises(LaunchError, match=r"(?s)stage 1 failed under torchrun \(2 processes, exit code 1\): "
+                                          r"model: .* is not a preset.*\[first failure: rank \d \(local_rank: \d\); "
+                                          r"exitcode 2 \(pid: \d+\)\]"):
+        torchrun_stage(cfg, 1, tmp_path / "runs" / "gone" / "stage1-x", on_line=lines.append)
+    assert any(line.startswith("lolcats train: error: model:") for line in lines)

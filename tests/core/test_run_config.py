@@ -105,3 +105,18 @@ def test_the_model_must_exist_before_anything_loads(tmp_path):
     (tmp_path / "model.gguf").write_bytes(b"GGUF")
     for model in ("smollm2-135m", str(tmp_path / "model"), str(tmp_path / "model.gguf"), "HuggingFaceTB/SmolLM2-135M"):
         assert load_run_config(SMOLLM2, None, [f"model={model}"]).model == model
+
+
+def test_distributed_section_is_typed_and_names_stage2_by_its_ranks():
+    from lolcats_core.errors import ConfigError
+    from lolcats_core.pipeline import stage2_dir
+
+    cfg = load_run_config(SMOLLM2, None, ["distributed.gpus=2", "distributed.stage2=fsdp"])
+    assert (cfg.distributed.world_size, cfg.distributed.stage2) == (2, "fsdp")
+    with pytest.raises(ConfigError, match="distributed.stage2: expected Literal"):
+        load_run_config(SMOLLM2, None, ["distributed.stage2=zero"])
+    with pytest.raises(ConfigError, match="distributed.gpus must be at least 1"):
+        load_run_config(SMOLLM2, None, ["distributed.gpus=0"])
+    stage1 = {"dir": "runs/x/stage1-0123"}  # stage 2's global batch grows with the ranks: so does its name
+    one = load_run_config(SMOLLM2)
+    assert stage2_dir(cfg, stage1) == stage2_dir(one, stage1, 2) != stage2_dir(one, stage1)
