@@ -107,7 +107,11 @@ class LolcatsAttention(nn.Module):
         q = self.q_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
         k = self.k_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
         v = self.v_proj(hidden_states).view(B, T, -1, self.head_dim).transpose(1, 2)
-        log_gate = self.log_gate(hidden_states, k)
+        if self.transfer_hook is not None:  # stage 1 runs the model without grad: the gate trains here
+            with torch.enable_grad():
+                log_gate = self.log_gate(hidden_states.detach(), k.detach())
+        else:
+            log_gate = self.log_gate(hidden_states, k)
         cos, sin = position_embeddings
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         valid = key_validity(attention_mask, T)

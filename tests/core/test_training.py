@@ -35,6 +35,20 @@ def test_one_stage1_step_lowers_the_held_out_mse(tmp_path):
     assert all(after[k] < before[k] for k in before), (before, after)
 
 
+def test_stage1_trains_every_transfer_parameter_sinks_and_scalar_gate_included(tmp_path):
+    """The model runs without grad in stage 1 (teacher-forced): each transfer parameter, the
+    scalar gate's projection too, must still receive a gradient and move."""
+    torch.manual_seed(0)
+    model = linearize(AutoModelForCausalLM.from_config(make_tiny_config()),
+                      LinearizeConfig(window=4, feature_dim=16, sinks=2, sink_logits=True, gate="scalar"))
+    before = {n: p.detach().clone() for n, p in attention_state_names(model).items()}
+    assert any("state_gate" in n for n in before) and any("sink_logit" in n for n in before)
+    attention_transfer(model, batches, EVAL, TrainConfig(lr=1e-2, max_steps=2, eval_every=2), tmp_path)
+    after = attention_state_names(model)
+    unchanged = [n for n, p in before.items() if torch.equal(p, after[n])]
+    assert not unchanged, unchanged
+
+
 def _params(model):
     return {k: v.detach().clone() for k, v in model.state_dict().items()
             if "feature_map" in k or "window_gate" in k or "lora_" in k}
