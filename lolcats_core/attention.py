@@ -18,6 +18,16 @@ from .feature_maps import build_feature_map
 # Called in attention-transfer mode with (module, y_student, y_teacher), both (B, H, T, D).
 TransferHook = Callable[["LolcatsAttention", torch.Tensor, torch.Tensor], None]
 
+# A decoder layer compiled for training (`lolcats_core.training.execution`) is traced around these
+# two calls, which run eagerly between its graphs: the kernel dispatcher (Triton autograd
+# functions with host-side launch logic) and the stage-1 hook (it runs a backward).
+_attention_kernel = torch.compiler.disable(hybrid_attention)
+
+
+@torch.compiler.disable
+def _report(module: "LolcatsAttention", student: torch.Tensor, teacher: torch.Tensor) -> None:
+    module.transfer_hook(module, student, teacher)
+
 
 def key_validity(attention_mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     """(B, T) bool validity of the last `length` keys from a HF attention mask, or None.
@@ -148,9 +158,9 @@ class LolcatsAttention(nn.Module):
         """Parallel hybrid attention: q (B, H, T, D), k/v (B, Hkv, T, D), log_gate (B, Hk, T)
         or None -> (B, H, T, D)."""
         qf, kf = self.feature_map_q(q), self.feature_map_k(k)
-        return hybrid_attention(q, k, v, qf, kf, self.gamma(), self.window, self.linear,
-                                self.scaling, key_valid, sinks=self.sinks, sink_bias=self.sink_logit,
-                                log_gate=log_gate)
+        return _attention_kernel(q, k, v, qf, kf, self.gamma(), self.window, self.linear,
+                                 self.scaling, key_valid, sinks=self.sinks, sink_bias=self.sink_logit,
+                                 log_gate=log_gate)
 
     def _attention_transfer(self, q, k, v, log_gate) -> torch.Tensor:
         """Stage 1: hand student and teacher outputs to the hook; the teacher's flows on."""
@@ -159,7 +169,7 @@ class LolcatsAttention(nn.Module):
                 q, k, v, is_causal=True, scale=self.scaling, enable_gqa=True)
         with torch.enable_grad():
             student = self.attend(q.detach(), k.detach(), v.detach(), log_gate=log_gate)
-            self.transfer_hook(self, student, teacher)
+            _report(self, student, teacher)
         return teacher
 
     def _cached(self, q, k, v, valid, log_gate, cache: HybridCacheLayer) -> torch.Tensor:

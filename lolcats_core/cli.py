@@ -46,9 +46,36 @@ def _linearize_config(args) -> LinearizeConfig:
 def cmd_plan(args) -> None:
     from .plan import format_plan, make_plan
 
-    lin, lora = _linearize_config(args), LoraSettings(r=args.lora_r, alpha=2 * args.lora_r)
-    plan = make_plan(args.model, lin, lora, gpus=args.gpus)
-    print(json.dumps(plan.__dict__, indent=1) if args.json else format_plan(plan, lin, lora))
+    if args.config:
+        import dataclasses
+
+        import torch
+
+        from .memory import device_memory, fit_run_config
+        from .run_config import load_run_config
+
+        cfg = load_run_config(args.config, args.profile, args.set)
+        model, lin, lora = args.model or cfg.model, cfg.linearize, cfg.stage2.lora
+        if args.gpu_memory is not None:
+            memory = int(args.gpu_memory * 2**30)
+        else:
+            memory = device_memory("cuda") if torch.cuda.is_available() else 80 * 2**30
+        fits = fit_run_config(dataclasses.replace(cfg, model=model), memory)[1]
+    elif args.model:
+        lin, lora, fits = _linearize_config(args), LoraSettings(r=args.lora_r, alpha=2 * args.lora_r), {}
+        model = args.model
+    else:
+        raise LolcatsError("give --model PRESET or --config FILE")
+    plan = make_plan(model, lin, lora, gpus=args.gpus)
+    if args.json:
+        print(json.dumps({**plan.__dict__, "training": {n: f.__dict__ for n, f in fits.items()}}, indent=1))
+        return
+    print(format_plan(plan, lin, lora))
+    if fits:
+        print("\ntraining on one GPU (estimated peaks, lolcats_core.memory; stageN.micro_batch: auto picks the "
+              "largest micro-batch that fits)")
+        for fit in fits.values():
+            print(f"  {fit.describe()}")
 
 
 def cmd_generate(args) -> None:
@@ -203,9 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show what linearizing a model involves (no weights loaded)",
                        description="Build the model on the meta device and report converted layers, "
                                    "trainable parameters and decode memory.")
-    p.add_argument("--model", required=True, help="preset name, model directory or hub id")
+    p.add_argument("--model", help="preset name, model directory or hub id (default: the config's)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--gpus", type=int, default=1, help="per-rank layer blocks and memory on this many GPUs")
+    p.add_argument("--config", help="a run config: its linearization and LoRA, and each stage's micro-batch, "
+                                    "grad_accum, checkpointing and estimated memory on one GPU")
+    p.add_argument("--profile", help="profile of the config (gpu, ...)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config setting")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB",
+                   help="the GPU's memory for --config (default: the visible GPU's, else 80)")
     _add_linearize_args(p)
     p.set_defaults(func=cmd_plan)
 

@@ -43,9 +43,15 @@ class Hedgehog(FeatureMap):
         return 2 * self.feature_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, Hx, T, D) -> (B, H, T, 2f), softmax in fp32."""
-        u = _project(x.float(), self.weight.float())
-        return torch.cat([u.softmax(-1), (-u).softmax(-1)], dim=-1).to(x.dtype)
+        """(B, Hx, T, D) -> (B, H, T, 2f), softmax in fp32.
+
+        One projection onto [W, -W] gives [xW, -xW] side by side, so one softmax over its two
+        halves (B, H, T, 2, f) writes the output in place of a negation, two softmaxes and a
+        concatenation of fp32 copies.
+        """
+        w = self.weight.float()
+        u = _project(x.float(), torch.cat([w, -w], dim=-1))  # (B, H, T, 2f)
+        return u.unflatten(-1, (2, -1)).softmax(-1).flatten(-2).to(x.dtype)
 
 
 class T2R(FeatureMap):

@@ -28,12 +28,14 @@ from .distributed import Ranks
 from .errors import ConfigError
 from .evaluation import evaluate_model, plot_attention_mse, resolve_softmax_layers
 from .lora import add_lora
+from .memory import stage_as_run
 from .model_parts import decoder_layers
 from .presets import base_model_ref, load_base_model, model_config, resolve
 from .run_config import RunConfig
 from .training import attention_transfer, lora_adjust
 from .training.blockwise import blockwise_attention_transfer
 from .training.data_parallel import data_parallel_lora_adjust
+from .training.execution import stage2_execution
 from .training.loop import restore_best
 from .training.sharded import sharded_lora_adjust
 
@@ -109,7 +111,7 @@ def _load_base(cfg: RunConfig):
 
 
 def stage1_dir(cfg: RunConfig, base_fp: str, data_fp: str) -> Path:
-    fp = fingerprint("stage1", base_fp, cfg.linearize.to_dict(), asdict(cfg.stage1), data_fp)
+    fp = fingerprint("stage1", base_fp, cfg.linearize.to_dict(), cfg.stage1.artifact_settings(), data_fp)
     return Path(cfg.output_dir) / cfg.name / f"stage1-{fp}"
 
 
@@ -138,9 +140,10 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ra
     seq_len = cfg.data.seq_len
     start = time.perf_counter()
     if cfg.stage1.enabled:
-        train_cfg = replace(cfg.stage1.train, max_steps=cfg.stage1.steps_for(seq_len))
-        batches = _batches(data, cfg.stage1.batch_size, train_cfg.seed)
-        eval_batches = _eval_batches(data, cfg.stage1.batch_size)
+        stage = stage_as_run(cfg, 1, out / "trainer", write=ranks is None or ranks.is_main)
+        train_cfg = replace(stage.train, max_steps=stage.steps_for(seq_len))
+        batches = _batches(data, stage.batch_size, train_cfg.seed)
+        eval_batches = _eval_batches(data, stage.batch_size)
         if ranks is None:
             result, mse = attention_transfer(model, batches, eval_batches, train_cfg, out / "trainer", on_eval=on_eval)
         else:
@@ -173,7 +176,7 @@ def stage2_dir(cfg: RunConfig, stage1: dict, data_parallel: int | None = None) -
     than one rank, the number of data-parallel ranks (it multiplies the global batch; default:
     the config's `distributed.world_size`)."""
     data_parallel = cfg.distributed.world_size if data_parallel is None else data_parallel
-    fp = fingerprint("stage2", Path(stage1["dir"]).name, asdict(cfg.stage2),
+    fp = fingerprint("stage2", Path(stage1["dir"]).name, cfg.stage2.artifact_settings(),
                      *([data_parallel] if data_parallel > 1 else []))
     return Path(cfg.output_dir) / cfg.name / f"stage2-{fp}"
 
@@ -213,17 +216,19 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
     steps, history = 0, []
     if cfg.stage2.enabled:
         model = add_lora(model, cfg.stage2.lora)
-        train_cfg = replace(cfg.stage2.train, max_steps=cfg.stage2.steps_for(seq_len, world))
-        batches = _batches(data, cfg.stage2.batch_size, train_cfg.seed)
-        eval_batches = _eval_batches(data, cfg.stage2.batch_size)
+        stage = stage_as_run(cfg, 2, out / "trainer", write=ranks is None or ranks.is_main)
+        train_cfg = replace(stage.train, max_steps=stage.steps_for(seq_len, world))
+        batches = _batches(data, stage.batch_size, train_cfg.seed)
+        eval_batches = _eval_batches(data, stage.batch_size)
         if ranks is None:
             result = lora_adjust(model, batches, eval_batches, train_cfg, out / "trainer", on_eval=on_eval)
         elif sharded:
             result = sharded_lora_adjust(model, ranks, batches, eval_batches, train_cfg, out / "trainer", device,
                                          on_eval=on_eval)
         else:
-            result = data_parallel_lora_adjust(model, ranks, batches, eval_batches, train_cfg, out / "trainer",
-                                               on_eval=on_eval)
+            with stage2_execution(model, train_cfg):
+                result = data_parallel_lora_adjust(model, ranks, batches, eval_batches, train_cfg, out / "trainer",
+                                                   on_eval=on_eval)
         steps, history = result.steps, result.history
     seconds = time.perf_counter() - start
     if ranks is not None and not ranks.is_main:

@@ -6,8 +6,8 @@ A run config names the base model and holds one section per pipeline step:
     model: smollm2-135m            # preset, model directory or hub id
     linearize: {...}               # LinearizeConfig fields
     data: {...}                    # DataConfig fields
-    stage1: {batch_size, tokens | max_steps, lr, ...}     # attention transfer
-    stage2: {batch_size, tokens | max_steps, lr, lora: {...}, ...}  # LoRA adjustment
+    stage1: {batch_size, micro_batch, tokens | max_steps, lr, compile, ...}     # attention transfer
+    stage2: {<as stage1>, gradient_checkpointing, lora: {...}}                   # LoRA adjustment
     eval: {...}                    # EvalConfig fields
     service: {task_timeout_s, train_timeout_s}   # how the Prefect flow bounds its tasks
     distributed: {gpus, nodes, stage2}             # torchrun processes of the training stages
@@ -22,7 +22,7 @@ number, and a wrong type or an unknown key at any depth is a `ConfigError` namin
 import copy
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal, get_type_hints
 
@@ -45,10 +45,17 @@ _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 @dataclass
 class StageConfig:
-    """A training stage: batch size, token budget (or steps) and optimisation settings."""
+    """A training stage: batch size, token budget (or steps) and optimisation settings.
+
+    An optimizer step takes `batch_size` x `train.grad_accum` rows. They go through the model
+    `batch_size` at a time unless `micro_batch` says otherwise: a number of rows (a divisor of
+    the step's rows; `grad_accum` follows), or "auto", the largest that fits the GPU's memory
+    (`lolcats_core.memory`, printed by `lolcats plan --config`; on the CPU, `batch_size`).
+    """
 
     enabled: bool = True
     batch_size: int = 8
+    micro_batch: int | Literal["auto"] | None = None
     tokens: int | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     lora: LoraSettings | None = None
@@ -58,6 +65,21 @@ class StageConfig:
             raise ConfigError(f"batch_size must be positive, got {self.batch_size}")
         if self.tokens is not None and self.tokens <= 0:
             raise ConfigError(f"tokens must be positive or None (train.max_steps steps), got {self.tokens}")
+        rows = self.batch_size * self.train.grad_accum
+        if isinstance(self.micro_batch, int) and (self.micro_batch <= 0 or rows % self.micro_batch):
+            raise ConfigError(f"micro_batch must divide the {rows} rows of a step (batch_size x grad_accum), "
+                              f"got {self.micro_batch}")
+
+    def artifact_settings(self) -> dict:
+        """The settings that name the stage's artifacts: all but how it runs (compiled,
+        checkpointed), so that configs without these settings keep their fingerprints. The
+        micro-batch counts as written: an "auto" stage is the same run on any GPU."""
+        out = asdict(self)
+        for key in ("compile", "gradient_checkpointing"):
+            del out["train"][key]
+        if self.micro_batch is None:
+            del out["micro_batch"]
+        return out
 
     def steps_for(self, seq_len: int, data_parallel: int = 1) -> int:
         """Optimizer steps: from the token budget when given, else train.max_steps.
@@ -221,6 +243,9 @@ def _stage(data: dict | None, section: str, lora: bool) -> StageConfig:
         raise ConfigError(f"{section}: lora settings belong to stage2")
     data = _checked(data, section, train_keys | stage_keys | ({"lora"} if lora else set()))
     train = _build(TrainConfig, {k: v for k, v in data.items() if k in train_keys}, section)
+    if not lora and train.gradient_checkpointing is True:
+        raise ConfigError(f"{section}.gradient_checkpointing: stage 1 keeps one layer's graph at a time and "
+                          "never checkpoints; it applies to stage 2")
     lora_cfg = _build(LoraSettings, data.get("lora"), f"{section}.lora") if lora else None
     return _build(StageConfig, {k: v for k, v in data.items() if k in stage_keys}, section,
                   train=train, lora=lora_cfg)

@@ -8,14 +8,17 @@ import torch
 import torch.nn as nn
 
 from ..model_parts import base_model
+from .chunked_loss import chunked_cross_entropy
+from .execution import stage2_execution
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 
 
 def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over labelled tokens (labels -100 are ignored) and their count.
 
-    The output head runs only on the positions that have a label (ShareGPT rows mask the
-    prompts, often half the tokens), and the fp32 copy covers only those logits.
+    batch: input_ids and labels, (B, T) int64. The output head runs only on the positions that
+    have a label (ShareGPT rows mask the prompts, often half the tokens), a chunk of them at a
+    time (`chunked_cross_entropy`): the (count, vocab) logits never exist whole.
     """
     base = base_model(model)
     labels = batch["labels"].to(device)
@@ -25,8 +28,7 @@ def next_token_loss(model: nn.Module, batch: dict, device) -> tuple[torch.Tensor
     count = int(keep.sum())
     if count == 0:
         return hidden.sum() * 0.0, 0
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])  # (count, vocab)
-    loss = nn.functional.cross_entropy(logits.float(), target[keep], reduction="mean")
+    loss = chunked_cross_entropy(hidden[:, :-1][keep], base.get_output_embeddings(), target[keep])
     return loss, count
 
 
@@ -70,6 +72,7 @@ def lora_adjust(
         loss = held_out_loss(model, eval_batches, device)
         return loss, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
-    result = train_loop("LoRA adjustment", params, step, evaluate, train_batches, cfg, out_dir, on_eval)
+    with stage2_execution(model, cfg):
+        result = train_loop("LoRA adjustment", params, step, evaluate, train_batches, cfg, out_dir, on_eval)
     restore_best(params, out_dir)
     return result

@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import save_file
@@ -40,6 +41,13 @@ class TrainConfig:
             (patience < 0 disables it).
         max_grad_norm: clip gradients to this norm (None: no clipping).
         seed: seed of the data order and of any randomness in training.
+        gradient_checkpointing: stage 2 recomputes each decoder layer's forward in the backward
+            instead of keeping its activations (about half a step's compute more, a fraction of
+            the memory); "auto": on when `lolcats_core.memory` (the pipeline's `stage_as_run`)
+            finds that the micro-batch would not fit the GPU without it. Stage 1 never needs it
+            (one layer's graph is alive at a time).
+        compile: run the decoder layers through torch.compile (`training.execution`), fusing
+            their elementwise work; the first step compiles (a minute or more per layer kind).
     """
 
     lr: float = 1e-2
@@ -51,6 +59,8 @@ class TrainConfig:
     plateau_factor: float = 0.1
     max_grad_norm: float | None = None
     seed: int = 0
+    gradient_checkpointing: bool | Literal["auto"] = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "grad_accum", "eval_every"):
@@ -64,6 +74,9 @@ class TrainConfig:
             raise ConfigError(f"plateau_factor must lie strictly between 0 and 1, got {self.plateau_factor}")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ConfigError(f"max_grad_norm must be positive or None (no clipping), got {self.max_grad_norm}")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            raise ConfigError("gradient_checkpointing must be true, false or auto, got "
+                              f"{self.gradient_checkpointing!r}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..convert import freeze_for_attention_transfer, linearized_attentions
 from ..model_parts import base_model
+from .execution import compiled, compiled_layers
 from .loop import BatchSource, NonFiniteLossError, TrainConfig, TrainResult, restore_best, train_loop
 
 
@@ -52,16 +53,21 @@ class LayerLosses:
         return {k: (s, len(self.losses[k])) for k, s in zip(layers, sums)}
 
 
+def transfer_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """Mean squared error in fp32 of a layer's student and teacher outputs, both (B, H, T, D)."""
+    return (student.float() - teacher.float()).square().mean()
+
+
 @contextmanager
-def transfer_mode(model: nn.Module, train: bool, scale: float = 1.0):
+def transfer_mode(model: nn.Module, train: bool, scale: float = 1.0, mse=transfer_mse):
     """Install hooks that record per-layer MSE (and backpropagate it when `train`).
 
-    Yields a `LayerLosses` filled during forwards.
+    mse: `transfer_mse`, or the same compiled. Yields a `LayerLosses` filled during forwards.
     """
     record = LayerLosses()
 
     def hook(module, student: torch.Tensor, teacher: torch.Tensor) -> None:
-        loss = (student.float() - teacher.float()).square().mean()
+        loss = mse(student, teacher)
         if train:
             (loss * scale).backward()
         record.add(module.layer_idx, loss)
@@ -100,10 +106,11 @@ def attention_transfer(
     params = attention_state_names(model)
     device = next(iter(params.values())).device
     eval_batches = list(eval_batches)
+    loss_fn = compiled(transfer_mse, cfg.compile)
 
     def step(batch: dict, scale: float) -> dict:
         model.train()
-        with torch.no_grad(), transfer_mode(model, train=True, scale=scale) as record:
+        with torch.no_grad(), transfer_mode(model, train=True, scale=scale, mse=loss_fn) as record:
             base_model(model).model(input_ids=batch["input_ids"].to(device), use_cache=False)
         per_layer = [s / n for s, n in record.totals().values()]
         return {"loss": sum(per_layer) / len(per_layer)}
@@ -112,6 +119,7 @@ def attention_transfer(
         mse = layer_mse(model, eval_batches, device)
         return sum(mse.values()) / len(mse), {f"mse/layer_{k}": v for k, v in mse.items()}
 
-    result = train_loop("attention transfer", params, step, evaluate, train_batches, cfg, out_dir, on_eval)
+    with compiled_layers(model, cfg.compile):
+        result = train_loop("attention transfer", params, step, evaluate, train_batches, cfg, out_dir, on_eval)
     restore_best(params, out_dir)
     return result, layer_mse(model, eval_batches, device)
