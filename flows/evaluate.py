@@ -62,8 +62,9 @@ def download_checkpoint(name: str, mv, root: Path) -> Path:
 @flow(name="evaluate", log_prints=True)
 def evaluate(preset: flow_config.Preset = "smollm2-135m", version: str = "champion",
              profile: flow_config.Profile | None = None, overrides: list[str] | None = None,
-             config: str | None = None) -> dict:
+             config: str | None = None, refresh: bool = False) -> dict:
     """Evaluate version/alias `version` of `lolcats-<name>`; returns its flat metrics.
+    Evaluations done before (same weights, settings and data) show as Cached and are not run.
 
     Args:
         preset: a shipped config, configs/<preset>.yaml (its `eval:` settings and teacher).
@@ -71,8 +72,9 @@ def evaluate(preset: flow_config.Preset = "smollm2-135m", version: str = "champi
         profile: a named set of settings of that config; none: the config's own settings.
         overrides: settings as "key=value" with dotted keys, e.g. "eval.passkey_trials=10".
         config: path of a run config YAML to use instead of the preset's.
+        refresh: evaluate again instead of reusing cached results and stored reports.
     """
-    from tasks import evaluation, pipeline_tasks
+    from tasks import evaluation, pipeline_tasks, step_artifacts
     from tasks.metrics import flat_metrics, merge_reports
     from tasks.register_task import artifact_key, evaluation_markdown
 
@@ -87,10 +89,10 @@ def evaluate(preset: flow_config.Preset = "smollm2-135m", version: str = "champi
     logger.info("evaluating %s v%s (%s) from %s", name, mv.version, version, ckpt)
     run_id = tracking.start_run(name, run_name=f"evaluate-v{mv.version}",
                                 tags={"lolcats.evaluated_version": str(mv.version)})
-    opts = step_options(cfg)
+    opts = step_options(cfg, refresh=refresh)
     status = "FAILED"
     try:
-        data, _ = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)
+        data = step_artifacts.load_data(cfg, pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id))
         reports = {}
         for who, path in (("teacher", None), ("linearized", str(ckpt))):
             reports[who] = merge_reports(

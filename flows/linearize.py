@@ -3,14 +3,17 @@
     prefect deployment run linearize/smollm2-135m          (deploy/prefect.yaml)
     linearize(preset="smollm2-135m", profile="cpu-smoke")   (in-process)
     linearize(config="path/run.yaml", overrides=["stage1.lr=0.005"])
+    linearize(preset="smollm2-135m", refresh=True)          (recompute every step)
 
 One MLflow run per flow run (experiment `lolcats-<name>`) holds params, step metrics, plots
 and evaluation JSON; the final checkpoint becomes a version of `lolcats-<name>` (alias
 `candidate`, `champion` if it passes the config's gate and is no worse than the current
 champion; a re-run re-gates the existing version and records a changed evaluation). Only
 transient errors are retried; each task is bounded by the config's `service:` timeouts.
-Every step is skipped when its fingerprinted output exists (locally or in S3), so a re-run
-with unchanged inputs costs seconds and registers nothing.
+A step whose fingerprinted output exists is Cached (`tasks.step_cache`: its result is read from
+S3, on any worker) and its files are restored from S3 where a later step needs them, so a
+re-run with unchanged inputs costs seconds and registers nothing; `refresh=True` recomputes
+every step.
 """
 
 from __future__ import annotations
@@ -37,12 +40,22 @@ def retry_delays(default):
     return [float(x) for x in raw.split(",")] if raw else default
 
 
-def step_options(cfg, training: bool = False) -> dict:
-    """`with_options` of a step task: retry delays and the config's `service:` time limit."""
+def step_options(cfg, training: bool = False, refresh: bool = False) -> dict:
+    """`with_options` of a step task: retry delays, the config's `service:` time limit, the S3
+    store of cached step results and, with `refresh`, recomputation instead of the cache."""
+    from tasks import step_cache
     from tasks.retry import BACKOFF
 
     limit = cfg.service.train_timeout_s if training else cfg.service.task_timeout_s
-    return {"retry_delay_seconds": retry_delays(BACKOFF), "timeout_seconds": limit}
+    return {"retry_delay_seconds": retry_delays(BACKOFF), "timeout_seconds": limit,
+            "result_storage": step_cache.result_storage(), "refresh_cache": refresh or None}
+
+
+def registration(state) -> dict:
+    """register_model's result from its final state; a Cached one (same version, evaluations
+    and gate as a run before) created and promoted nothing this time."""
+    reg = state.result()
+    return reg | {"created": False, "promoted": False} if state.name == "Cached" else reg
 
 
 def start_tracking(cfg, preset: str | None, profile: str | None, overrides: list[str] | None) -> str:
@@ -62,10 +75,11 @@ def start_tracking(cfg, preset: str | None, profile: str | None, overrides: list
 
 @flow(name="linearize", log_prints=True)
 def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.Profile | None = None,
-              overrides: list[str] | None = None, config: str | None = None) -> dict:
+              overrides: list[str] | None = None, config: str | None = None, refresh: bool = False) -> dict:
     """Linearize the model of `configs/<preset>.yaml` (or of `config`, a YAML path) with
     `profile` and `overrides` ("key=value") applied, evaluate it against the teacher and
     register it. Returns {"registered": models:/..., "version", "created", "promoted", ...}.
+    Steps done before (same fingerprinted inputs, on any worker) show as Cached and are not run.
 
     Args:
         preset: a shipped config, configs/<preset>.yaml.
@@ -74,9 +88,11 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
         overrides: settings as "key=value" with dotted keys, e.g. "stage1.lr=0.005".
         config: path of a run config YAML to use instead of the preset's (its profiles must
             carry one of the shipped profile names).
+        refresh: recompute every step (data, both stages, evaluations, registration) instead
+            of reusing cached results and stored outputs.
     """
     from lolcats_core.summary import format_summary
-    from tasks import evaluation, pipeline_tasks, register_task
+    from tasks import evaluation, pipeline_tasks, register_task, step_artifacts
 
     logger = get_run_logger()
     cfg = flow_config.load(preset, profile, overrides, config)  # fails fast on bad input
@@ -85,13 +101,17 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
     health.check_s3()
     logger.info("linearizing %s (%s) on %s; outputs under %s/%s", cfg.model, cfg.name,
                 cfg.resolved_device(), cfg.output_dir, cfg.name)
-    opts, train_opts = step_options(cfg), step_options(cfg, training=True)
+    opts, train_opts = step_options(cfg, refresh=refresh), step_options(cfg, training=True, refresh=refresh)
     run_id = start_tracking(cfg, preset, profile, overrides)
     status = "FAILED"
     try:
-        data, base = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)
-        stage1 = pipeline_tasks.attention_transfer.with_options(**train_opts)(cfg, data, base, run_id)
-        stage2 = pipeline_tasks.lora_adjust.with_options(**train_opts)(cfg, data, stage1, run_id)
+        # a cached result may come from another worker: its files are brought here from S3
+        prepared = pipeline_tasks.prepare_data.with_options(**opts)(cfg, run_id)
+        data = step_artifacts.load_data(cfg, prepared)
+        stage1 = step_artifacts.local_step(cfg, pipeline_tasks.attention_transfer.with_options(**train_opts)(
+            cfg, data, prepared["base"], run_id))
+        stage2 = step_artifacts.local_step(cfg, pipeline_tasks.lora_adjust.with_options(**train_opts)(
+            cfg, data, stage1, run_id))
         reports = {}
         for name, path in (("teacher", None), ("linearized", stage2["model"])):
             from tasks.metrics import merge_reports
@@ -99,9 +119,9 @@ def linearize(preset: flow_config.Preset = "smollm2-135m", profile: flow_config.
             passkey = evaluation.evaluate_passkey.with_options(**opts)(cfg, data, path, name, run_id)
             lm = evaluation.evaluate_lm_eval.with_options(**opts)(cfg, data, path, name, run_id)
             reports[name] = merge_reports(lm, passkey)
-        reg = register_task.register_model.with_options(**opts)(
+        reg = registration(register_task.register_model.with_options(**opts)(
             cfg, run_id, stage1, stage2, reports["teacher"], reports["linearized"], data.fingerprint,
-            profile=profile, overrides=overrides)
+            profile=profile, overrides=overrides, return_state=True))
         # a re-run with unchanged inputs registers nothing: filter such runs out of the
         # experiment with `tags.lolcats.outcome != "reused"`
         tracking.client().set_tag(run_id, "lolcats.outcome", "registered" if reg["created"] else "reused")
@@ -133,5 +153,6 @@ if __name__ == "__main__":
     p.add_argument("--profile")
     p.add_argument("--config")
     p.add_argument("--set", action="append", default=[])
+    p.add_argument("--refresh", action="store_true", help="recompute every step")
     a = p.parse_args()
-    linearize(preset=a.preset, profile=a.profile, overrides=a.set, config=a.config)
+    linearize(preset=a.preset, profile=a.profile, overrides=a.set, config=a.config, refresh=a.refresh)

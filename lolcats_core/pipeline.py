@@ -23,7 +23,7 @@ import torch
 from .checkpoint import load_linearized
 from .checkpoint_save import save_linearized
 from .convert import attention_parameters, linearize
-from .data import PreparedData, make_dataloader, prepare_dataset
+from .data import PreparedData, data_fingerprint, dataset_dir, make_dataloader, prepare_dataset
 from .distributed import Ranks
 from .errors import ConfigError
 from .evaluation import evaluate_model, plot_attention_mse, resolve_softmax_layers
@@ -87,13 +87,23 @@ def _eval_batches(data: PreparedData, batch_size: int, limit: int = 16):
     return out
 
 
-def prepare_data(cfg: RunConfig) -> PreparedData:
-    """Tokenize, pack and store the linearizing data (cached by content fingerprint)."""
+def _tokenizer(cfg: RunConfig):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.model)[0])
+    return AutoTokenizer.from_pretrained(resolve(cfg.model)[0])
+
+
+def data_dir(cfg: RunConfig) -> Path:
+    """The folder `prepare_data` stores the run's data in, named by its content fingerprint
+    (computed without preparing anything)."""
+    return dataset_dir(cfg.data, data_fingerprint(cfg.data, _tokenizer(cfg))[0])
+
+
+def prepare_data(cfg: RunConfig, rebuild: bool = False) -> PreparedData:
+    """Tokenize, pack and store the linearizing data (cached by content fingerprint; `rebuild`
+    prepares it again all the same)."""
     max_positions = getattr(model_config(cfg.model), "max_position_embeddings", None)
-    return prepare_dataset(cfg.data, tokenizer, max_positions=max_positions)
+    return prepare_dataset(cfg.data, _tokenizer(cfg), max_positions=max_positions, rebuild=rebuild)
 
 
 def _device(cfg: RunConfig) -> str:

@@ -156,7 +156,7 @@ def _files(local_dir: Path) -> list[Path]:
     return sorted(p for p in local_dir.rglob("*") if p.is_file())
 
 
-def _get_json(s3, bucket: str, key: str, settings: S3Settings) -> tuple[dict, bytes] | None:
+def _get_bytes(s3, bucket: str, key: str, settings: S3Settings) -> bytes | None:
     def get():
         try:
             return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
@@ -164,7 +164,11 @@ def _get_json(s3, bucket: str, key: str, settings: S3Settings) -> tuple[dict, by
             if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
                 return None
             raise
-    raw = _retry(f"read {key}", get, settings)
+    return _retry(f"read {key}", get, settings)
+
+
+def _get_json(s3, bucket: str, key: str, settings: S3Settings) -> tuple[dict, bytes] | None:
+    raw = _get_bytes(s3, bucket, key, settings)
     return None if raw is None else (json.loads(raw), raw)
 
 
@@ -260,12 +264,14 @@ def upload_dir(local_dir: str | os.PathLike, key: str, *, metadata: dict | None 
     return manifest
 
 
-def download_dir(key: str, dest: str | os.PathLike, *,
+def download_dir(key: str, dest: str | os.PathLike, *, last: str | None = None,
                  settings: S3Settings | None = None) -> dict:
     """Download the complete artifact at `key` into `dest`, verifying every sha256.
 
     Raises IncompleteArtifact if `key` is not complete. Files are written to `*.part` and
-    renamed once verified. Returns the manifest.
+    renamed once verified; the file named `last` (a completion marker such as `done.json`) is
+    written after all the others, so a download cut short never looks finished. Returns the
+    manifest.
     """
     s = settings or S3Settings.from_env()
     key = key.strip("/")
@@ -275,7 +281,7 @@ def download_dir(key: str, dest: str | os.PathLike, *,
                                  "it was never uploaded or its upload did not finish")
     s3, dest = client(s), Path(dest)
     prefix = f"{key}/{UPLOADS}/{manifest['upload_id']}"
-    for rel, info in manifest["files"].items():
+    for rel, info in sorted(manifest["files"].items(), key=lambda item: item[0] == last):
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists() and out.stat().st_size == info["size"] and sha256_file(out) == info["sha256"]:
@@ -287,6 +293,19 @@ def download_dir(key: str, dest: str | os.PathLike, *,
             raise CorruptArtifact(f"{s.uri(prefix)}/{rel}: sha256 mismatch after download")
         part.replace(out)
     return manifest
+
+
+def read_object(key: str, settings: S3Settings | None = None) -> bytes | None:
+    """The bytes of the single object `key`, or None if there is none."""
+    s = settings or S3Settings.from_env()
+    return _get_bytes(client(s), s.bucket, key.strip("/"), s)
+
+
+def write_object(key: str, body: bytes, settings: S3Settings | None = None) -> None:
+    """Store `body` as the single object `key` (one PUT: readers see all of it or none)."""
+    s = settings or S3Settings.from_env()
+    s3 = client(s)
+    _retry(f"write {key}", lambda: s3.put_object(Bucket=s.bucket, Key=key.strip("/"), Body=body), s)
 
 
 def delete_artifact(key: str, settings: S3Settings | None = None) -> int:

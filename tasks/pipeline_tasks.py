@@ -6,9 +6,10 @@ otherwise runs the step, publishes the finished directory to S3 (without trainer
 logs to MLflow. Training stages resume from `trainer/last`, restored from S3 when the local
 disk lacks it; after every held-out evaluation the trainer folder is shipped to S3 again.
 
-Skipping is by fingerprint + done.json + S3 completeness (not Prefect's result cache, which
-would need the step's inputs hashed and results persisted twice): a re-run with unchanged
-inputs costs a base-model load and a few S3/MLflow calls.
+A step whose fingerprinted output was made before is not even started: Prefect's cache
+(`tasks.step_cache`, key = the output's fingerprinted name, result in S3) returns its record and
+the task run shows as Cached, on any worker. With `refresh_cache` (the flow's `refresh`) every
+step is recomputed from scratch.
 
 Only transient failures are retried, with jittered backoff (`tasks.retry`); each task's
 `timeout_seconds` comes from the run config's `service:` section (set by the flow).
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from tasks import step_artifacts, tracking
+from tasks import step_artifacts, step_cache, tracking
 from tasks.retry import BACKOFF, RETRIES, TASK_OPTIONS  # noqa: F401 - re-exported
 
 
@@ -87,28 +88,28 @@ def _finish(cfg, run_id, stage: str, rec: dict, step_dir: Path, fresh: bool) -> 
     return rec
 
 
-@task(name="prepare_data", **TASK_OPTIONS)
-def prepare_data(cfg, run_id: str | None = None):
-    """Tokenized, packed training data (cached by content fingerprint) and the base model's
-    identity; the prepared dataset is published to S3 as `data/<fingerprint>`."""
+@task(name="prepare_data", **step_cache.options(step_cache.data_key))
+def prepare_data(cfg, run_id: str | None = None) -> dict:
+    """Tokenized, packed training data (by content fingerprint: reused locally, else restored
+    from S3's `data/<fingerprint[:16]>`, else prepared and published there) and the base model's
+    identity: {"fingerprint", "base"} (`step_artifacts.load_data` gives the data)."""
     from lolcats_core import pipeline
     from lolcats_core.presets import base_model_ref
     from tasks import artifacts
 
     logger = get_run_logger()
-    data = pipeline.prepare_data(cfg)
-    logger.info("data %s: %d train / %d validation rows (%s)", data.fingerprint[:16],
-                len(data.train), len(data.validation), "cache hit" if data.cache_hit else "prepared")
-    key = f"data/{data.fingerprint[:16]}"
-    if not artifacts.is_complete(key):
-        artifacts.upload_dir(data.path, key, metadata={"fingerprint": data.fingerprint})
+    where = step_artifacts.restore_data(pipeline.data_dir(cfg))
+    data = pipeline.prepare_data(cfg, rebuild=step_cache.refreshing())
+    logger.info("data %s: %d train / %d validation rows (%s)", data.fingerprint[:16], len(data.train),
+                len(data.validation), {"local": "cache hit", "s3": "restored from S3"}.get(where, "prepared"))
+    artifacts.upload_dir(data.path, step_artifacts.data_key(data.path), metadata={"fingerprint": data.fingerprint})
     ref = base_model_ref(cfg.model)
     tracking.log_params(run_id, {"data_fingerprint": data.fingerprint, "base.id": ref.id,
                                  "base.revision": ref.revision, "base.fingerprint": ref.fingerprint})
-    return data, ref.to_dict()
+    return {"fingerprint": data.fingerprint, "base": ref.to_dict()}
 
 
-@task(name="attention_transfer", **TASK_OPTIONS)
+@task(name="attention_transfer", **step_cache.options(step_cache.stage1_key))
 def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict:
     """Stage 1 (skipped when done; resumed from the last checkpoint when interrupted)."""
     from lolcats_core import pipeline
@@ -126,7 +127,7 @@ def attention_transfer(cfg, data, base: dict, run_id: str | None = None) -> dict
     return _finish(cfg, run_id, "stage1", rec, step_dir, fresh=True)
 
 
-@task(name="lora_adjust", **TASK_OPTIONS)
+@task(name="lora_adjust", **step_cache.options(step_cache.stage2_key))
 def lora_adjust(cfg, data, stage1: dict, run_id: str | None = None) -> dict:
     """Stage 2 from the stage-1 checkpoint (skipped when done; resumed when interrupted)."""
     from lolcats_core import pipeline

@@ -7,7 +7,9 @@ and made `champion` only if the config's `gate:` passes against the teacher and 
 worse than the current champion (`mlflow_registry.judge`). Idempotent: the stage-2 directory
 name (a fingerprint of every input) is the version's fingerprint, so the same inputs never
 register twice; a re-run of them records a changed evaluation on the existing version and
-re-runs the (possibly changed) gate on it, which may demote it.
+re-runs the (possibly changed) gate on it, which may demote it. With the same version, both
+evaluations, gate, profile and overrides as before, the task shows as Cached
+(`registration_key`) and touches nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +23,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 
-from tasks import mlflow_registry
+from tasks import mlflow_registry, step_cache
 from tasks.metrics import flat_metrics
-from tasks.retry import TASK_OPTIONS
 
 
 def artifact_key(*parts: str) -> str:
@@ -62,7 +63,17 @@ def provenance_tags(cfg, profile: str | None, overrides: list[str] | None) -> di
             "lolcats.profile": profile or "", "lolcats.overrides": " ".join(overrides or [])[:5000]}
 
 
-@task(name="register_model", **TASK_OPTIONS)
+def registration_key(ctx, p: dict) -> str:
+    """Cache key of `register_model`: the version's fingerprint (the stage-2 directory name),
+    both evaluations, the gate, profile and overrides."""
+    from lolcats_core.pipeline import fingerprint
+
+    cfg = p["cfg"]
+    fp = fingerprint(Path(p["stage2"]["dir"]).name, p["teacher"], p["student"], cfg.gate, p["profile"], p["overrides"])
+    return step_cache.cache_key(cfg, f"register-{fp}")
+
+
+@task(name="register_model", **step_cache.options(registration_key))
 def register_model(cfg, run_id: str, stage1: dict, stage2: dict, teacher: dict, student: dict,
                    data_fingerprint: str, profile: str | None = None,
                    overrides: list[str] | None = None) -> dict:

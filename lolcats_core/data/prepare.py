@@ -64,17 +64,19 @@ def prepare_dataset(
     max_positions: int | None = None,
     root: str | Path | None = None,
     progress: bool = True,
+    rebuild: bool = False,
 ) -> PreparedData:
     """Build (or reuse) the train/validation rows `config` describes.
 
     Each source in `config.mix` gets `weight / sum(weights)` of the `train_tokens // seq_len`
     training rows (and of the validation rows); sharegpt and text documents are shuffled by
     `seed` and the validation rows are packed first, from documents training never sees.
-    The result is written to `root/<fingerprint[:16]>` (default `config.cache_dir`); a later
-    call with the same inputs loads it instead (`cache_hit=True`).
+    The result is written to `dataset_dir(config, fingerprint, root)`; a later call with the
+    same inputs loads it instead (`cache_hit=True`).
 
     Args:
         max_positions: the model's `max_position_embeddings`; a longer `seq_len` is an error.
+        rebuild: prepare the data again even when a stored copy exists (it is replaced).
 
     Raises:
         DataError: a missing or malformed source file, a sequence longer than the model
@@ -82,8 +84,8 @@ def prepare_dataset(
     """
     check_fits(config.seq_len, max_positions)
     fingerprint, inputs = data_fingerprint(config, tokenizer)
-    target = Path(root or config.cache_dir).expanduser() / fingerprint[:16]
-    if (target / MANIFEST).is_file():
+    target = dataset_dir(config, fingerprint, root)
+    if not rebuild and (target / MANIFEST).is_file():
         cached = load_prepared(target)
         if cached.fingerprint == fingerprint:
             cached.cache_hit = True
@@ -98,6 +100,12 @@ def prepare_dataset(
     }
     _write(target, DatasetDict(splits), manifest)
     return load_prepared(target)
+
+
+def dataset_dir(config: DataConfig, fingerprint: str, root: str | Path | None = None) -> Path:
+    """The folder the data of `fingerprint` is stored in: `root` (default `config.cache_dir`)
+    / the fingerprint's first 16 hex digits."""
+    return Path(root or config.cache_dir).expanduser() / fingerprint[:16]
 
 
 def load_prepared(path: str | Path) -> PreparedData:

@@ -121,10 +121,8 @@ def test_rerun_skips_every_step_and_registers_nothing(stack, tiny_root, tiny_run
     assert out["created"] is False and out["registered"] == "models:/lolcats-tiny-cli/1"
     assert len(_versions("lolcats-tiny-cli")) == 1
     assert {p: p.stat().st_mtime_ns for p in done} == done, "a finished step was redone"
-    logs = _logs_with(state.state_details.flow_run_id, "nothing registered")
-    assert "attention_transfer: done before (local), skipping" in logs
-    assert "lora_adjust: done before (local), skipping" in logs
-    assert "nothing registered" in logs
+    trs = _task_runs(state.state_details.flow_run_id)
+    assert len(trs) == 8 and {t.state.name for t in trs.values()} == {"Cached"}, trs  # Prefect's cache
     assert took < 60, f"a no-op re-run took {took:.0f} s"
     print(f"no-op re-run: {took:.1f} s")
     from tasks.tracking import client
@@ -241,14 +239,15 @@ def test_killed_worker_resumes_from_the_last_checkpoint(stack, tiny_root, tiny_d
 
     second = run_deployment(tiny_deployment["name"], parameters={"config": str(cfg)}, timeout=0)
     run = wait_flow_run(second.id, timeout=300)
-    logs = _logs_with(second.id, "resuming from the step-", "cache hit")
+    logs = _logs_with(second.id, "resuming from the step-")
     assert run.state.is_completed(), (run.state, logs[-3000:])
     assert "attention_transfer: resuming from the step-" in logs and "(downloaded from S3)" in logs, logs[-3000:]
     import re
 
     resumed_at = int(re.search(r"resuming from the step-(\d+) checkpoint", logs).group(1))
     assert 100 <= resumed_at < 600
-    assert "cache hit" in logs  # data preparation reused
+    prepare = [t for n, t in _task_runs(second.id).items() if n.startswith("prepare_data")]
+    assert [t.state.name for t in prepare] == ["Cached"]  # data preparation reused
     assert {p: p.stat().st_mtime_ns for p in data_manifests} == data_manifests
     import json
 

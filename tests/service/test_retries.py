@@ -92,8 +92,7 @@ def _prepare(config: str) -> str:
 
     cfg = flow_config.load("tiny", None, None, config)
     run_id = tracking.start_run("lolcats-retry-probe", "probe", {})
-    data, _ = pipeline_tasks.prepare_data.with_options(**step_options(cfg))(cfg, run_id)
-    return data.fingerprint
+    return pipeline_tasks.prepare_data.with_options(**step_options(cfg))(cfg, run_id)["fingerprint"]
 
 
 @pytest.mark.stack

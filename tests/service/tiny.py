@@ -66,3 +66,14 @@ def wait_flow_run(flow_run_id, timeout: float = 300):
             if run.state.is_final() or time.monotonic() > deadline:
                 return run
             time.sleep(1)
+
+
+def task_runs(flow_run_id) -> list:
+    """The task runs of a flow run, read from the Prefect API."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(str(flow_run_id))])))
