@@ -45,14 +45,24 @@ head costs less on real data). The fp32 feature-map matmuls run on TF32, not bf1
     python benchmarks/scale.py --model llama3-8b --config configs/llama3-8b.yaml --profile gpu --out OUT
     python benchmarks/scale.py --model llama3-8b --micro-batch 8 --grad-accum 1 --out OUT
     python benchmarks/scale.py --model llama3.2-1b --device cpu --tiny --out OUT    # smoke test, seconds
+    torchrun --nproc-per-node 2 benchmarks/scale.py --model llama3-8b --config configs/llama3-8b.yaml \
+        --profile gpu --out OUT        # stage 1 block-wise, stage 2 DDP (--parallel fsdp: sharded)
+
+Under torchrun, stage 1 splits the layers into one block per rank
+(`lolcats_core.training.blockwise`) and every rank runs the whole global step's micro-batches
+through its block; stage 2 splits the data (each rank micro-batch x grad_accum per step, the
+global step that times the number of ranks). tokens/s are the whole job's; peak memory is the
+largest rank's (every rank's in `peak_gpu_memory_bytes_per_rank`); rank 0 writes the results.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import resource
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -68,11 +78,17 @@ sys.path.insert(0, str(ROOT))
 
 from lolcats_core.config import LinearizeConfig  # noqa: E402
 from lolcats_core.convert import linearize, linearized_attentions  # noqa: E402
+from lolcats_core.distributed import Ranks, join_process_group, torchrun_ranks  # noqa: E402
 from lolcats_core.errors import ConfigError  # noqa: E402
 from lolcats_core.lora import add_lora, lora_parameter_count  # noqa: E402
+from lolcats_core.memory import fit_run_config  # noqa: E402
 from lolcats_core.presets import PRESETS, model_config  # noqa: E402
 from lolcats_core.run_config import RunConfig, StageConfig, load_run_config  # noqa: E402
 from lolcats_core.training import attention_transfer, lora_adjust  # noqa: E402
+from lolcats_core.training.blockwise import blockwise_attention_transfer  # noqa: E402
+from lolcats_core.training.data_parallel import data_parallel_lora_adjust  # noqa: E402
+from lolcats_core.training.execution import stage2_execution  # noqa: E402
+from lolcats_core.training.sharded import sharded_lora_adjust  # noqa: E402
 
 # Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by a substring of torch.cuda.get_device_name();
 # the first match wins (more specific names first).
@@ -243,36 +259,54 @@ def _reset_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def run_stage(number: int, model, args, cfg: RunConfig, vocab: int, device: torch.device, work: Path):
-    """Run stage `number` through the project's stage code; returns (model, timing record)."""
+def run_stage(number: int, model, args, cfg: RunConfig, vocab: int, device: torch.device, work: Path,
+              ranks: Ranks | None = None):
+    """Run stage `number` through the project's stage code; returns (model, timing record).
+
+    Under torchrun (`ranks`): stage 1 block-wise (every rank runs every micro-batch through its
+    block of layers), stage 2 data parallel (`--parallel ddp`) or sharded (`fsdp`), each rank
+    taking micro-batch x grad_accum of the global step's micro-batch x grad_accum x ranks.
+    Seconds per step are the slowest rank's mean.
+    """
     stage = cfg.stage1 if number == 1 else cfg.stage2
     mb, seq_len, accum = _sizes(args, stage, cfg.data.seq_len)
+    world = ranks.world_size if ranks is not None and number == 2 else 1  # data-parallel ranks
     total = args.warmup + args.steps + 1  # the last step closes the measured window
     train_cfg = replace(stage.train, max_steps=total, eval_every=total, grad_accum=accum)
-    clock = StepClock(accum, device)
+    clock = StepClock(accum * world, device)  # a rank's step spans accum x ranks positions of the stream
     batches = random_batches(vocab, mb, seq_len, train_cfg.seed + number, clock)
     eval_batches = [next(iter(random_batches(vocab, mb, seq_len, 10_000 + number)(0)))]
     _reset_memory(device)
     start = time.perf_counter()
-    if number == 1:
+    if number == 1 and ranks is not None:
+        blockwise_attention_transfer(model, ranks, batches, eval_batches, train_cfg, work / "stage1", device)
+    elif number == 1:
         attention_transfer(model, batches, eval_batches, train_cfg, work / "stage1")
     else:
-        model = add_lora(model, stage.lora)
-        lora_adjust(model, batches, eval_batches, train_cfg, work / "stage2")
+        model = add_lora(model.to(device) if args.parallel == "ddp" else model, stage.lora)
+        if ranks is None:
+            lora_adjust(model, batches, eval_batches, train_cfg, work / "stage2")
+        elif args.parallel == "fsdp":
+            sharded_lora_adjust(model, ranks, batches, eval_batches, train_cfg, work / "stage2", device)
+        else:
+            with stage2_execution(model, train_cfg):
+                data_parallel_lora_adjust(model, ranks, batches, eval_batches, train_cfg, work / "stage2")
     wall = time.perf_counter() - start
     times = clock.step_seconds()[args.warmup:args.warmup + args.steps]
-    tokens_per_step = mb * seq_len * accum
-    seconds_per_step = sum(times) / len(times)
+    tokens_per_step = mb * seq_len * accum * world
+    seconds_per_step = max(_gathered(sum(times) / len(times), ranks))
     tokens_per_s = tokens_per_step / seconds_per_step
-    steps_for = replace(stage, batch_size=mb, train=replace(stage.train, grad_accum=accum)).steps_for(seq_len)
+    steps_for = replace(stage, batch_size=mb, train=replace(stage.train, grad_accum=accum)).steps_for(seq_len, world)
     budget = steps_for * tokens_per_step
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    peaks = _gathered(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None, ranks)
     record = {
         "stage": number, "micro_batch": mb, "seq_len": seq_len, "grad_accum": accum,
         "tokens_per_step": tokens_per_step, "warmup_steps": args.warmup, "steps": len(times),
         "step_seconds": [round(t, 6) for t in times], "seconds_per_step": seconds_per_step,
         "tokens_per_s": tokens_per_s, "stage_wall_seconds": round(wall, 3),
-        "peak_gpu_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "peak_gpu_memory_bytes": max(peaks) if peaks[0] is not None else None,
+        "peak_gpu_memory_bytes_per_rank": peaks,
         "peak_gpu_reserved_bytes": torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None,
         "trainable_parameters": trainable,
         "budget_tokens_config": stage.tokens, "budget_steps": steps_for, "budget_tokens": budget,
@@ -281,15 +315,46 @@ def run_stage(number: int, model, args, cfg: RunConfig, vocab: int, device: torc
     return model, record
 
 
+def _gathered(value, ranks: Ranks | None) -> list:
+    """[value of every rank] (all ranks receive it), or [value] for a single process."""
+    if ranks is None:
+        return [value]
+    values: list = [None] * ranks.world_size
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+@contextlib.contextmanager
+def shared_work(folder: str | None, ranks: Ranks | None):
+    """A temporary folder for the stages' trainer states, the same on every rank (rank 0 makes
+    it, writes the checkpoints and removes it once every rank is done)."""
+    if ranks is None:
+        with tempfile.TemporaryDirectory(prefix="scale-", dir=folder) as work:
+            yield Path(work)
+        return
+    path = [tempfile.mkdtemp(prefix="scale-", dir=folder) if ranks.is_main else None]
+    torch.distributed.broadcast_object_list(path, src=0)
+    try:
+        yield Path(path[0])
+    finally:
+        torch.distributed.barrier()
+        if ranks.is_main:
+            shutil.rmtree(path[0], ignore_errors=True)
+
+
 def run(args) -> dict:
     """The rehearsal: build, linearize, run the stages; returns the JSON record."""
     cfg, config_path = load_config(args)
     args.model = args.model or cfg.model
-    device = torch.device(args.device)
+    ranks = torchrun_ranks()
+    device = torch.device(join_process_group(ranks, args.device) if ranks is not None else args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda but no CUDA GPU is visible (the CPU smoke test: --device cpu --tiny)")
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # as lolcats_core.pipeline._device on CUDA
+    # micro-batches ("auto") and stage-2 checkpointing for this device, as the pipeline decides them
+    cfg, fits = fit_run_config(replace(cfg, model=args.model) if args.model in PRESETS else cfg,
+                               torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
     hf_cfg = hf_config(args.model, args.tiny)
     shape = shape_of(hf_cfg)
@@ -297,12 +362,13 @@ def run(args) -> dict:
     params = parameter_count(hf_cfg, dtype)
     weight_bytes = params * torch.finfo(dtype).bits // 8
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
-    if device.type == "cuda":
+    if device.type == "cuda" and args.parallel == "ddp":
         total_memory = torch.cuda.get_device_properties(device).total_memory
         if weight_bytes > 0.9 * total_memory:
             raise ConfigError(
                 f"{args.model}: {weight_bytes / 2**30:.0f} GiB of {dtype} weights do not fit one {device_name} "
-                f"({total_memory / 2**30:.0f} GiB); plan it across GPUs: lolcats plan --model {args.model} --gpus N")
+                f"({total_memory / 2**30:.0f} GiB): --parallel fsdp under torchrun (lolcats plan --model {args.model} "
+                "--gpus N)")
     elif weight_bytes > 0.25 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
         raise ConfigError(f"{args.model}: {weight_bytes / 2**30:.1f} GiB of {dtype} weights on the CPU: "
                           "run it on a GPU, or add --tiny for the CPU smoke test")
@@ -313,15 +379,16 @@ def run(args) -> dict:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)  # the dispatcher's fallback warnings
-            model = build(hf_cfg, lin, device, dtype, args.seed)
+            # fsdp: built on the host; stage 1 moves each rank's block, stage 2 shards the rest
+            model = build(hf_cfg, lin, torch.device("cpu") if args.parallel == "fsdp" else device, dtype, args.seed)
             n_lin = len(linearized_attentions(model))
             lora_params = lora_parameter_count(model, cfg.stage2.lora)
             loaded_bytes = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
             records = {}
-            with tempfile.TemporaryDirectory(prefix="scale-", dir=args.work) as work:
+            with shared_work(args.work, ranks) as work:
                 for number in stages:
                     model, records[str(number)] = run_stage(number, model, args, cfg, shape["vocab"], device,
-                                                            Path(work))
+                                                            work, ranks)
     finally:
         if kernels_env is None:
             os.environ.pop("LOLCATS_KERNELS", None)
@@ -340,6 +407,8 @@ def run(args) -> dict:
         rec["fraction_of_peak"] = rec["achieved_tflops"] / peak if peak else None
     return {
         "benchmark": "scale", "command": args.command, "device": str(device), "device_name": device_name,
+        "ranks": ranks.world_size if ranks is not None else 1,
+        "stage2_parallel": args.parallel if ranks is not None else None,
         "peak_bf16_tflops": peak, "torch": torch.__version__, "cuda": torch.version.cuda,
         "transformers": __import__("transformers").__version__,
         "kernels": "triton" if device.type == "cuda" and args.kernels == "triton" else "torch",
@@ -348,7 +417,7 @@ def run(args) -> dict:
         "dtype": str(dtype).removeprefix("torch."), "shape": shape, "parameters": params,
         "weight_bytes": weight_bytes, "allocated_after_build_bytes": loaded_bytes,
         "linearize": lin.to_dict(), "linearized_layers": n_lin, "note": note, "lora_parameters": lora_params,
-        "stages": records,
+        "stages": records, "fits": {n: vars(f) for n, f in fits.items()},
         "projected_total_seconds": sum(r["projected_seconds"] for r in records.values()),
         "peak_host_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -366,7 +435,8 @@ def _duration(seconds: float) -> str:
 
 def markdown(res: dict) -> str:
     """The result as a markdown table under a line naming the device and the command."""
-    lines = [f"**Scale rehearsal, {res['model']}{' (tiny)' if res['tiny'] else ''}** ({res['device_name']}, "
+    ranks = f", {res['ranks']} ranks (stage 2 {res['stage2_parallel']})" if res["ranks"] > 1 else ""
+    lines = [f"**Scale rehearsal, {res['model']}{' (tiny)' if res['tiny'] else ''}** ({res['device_name']}{ranks}, "
              f"{res['dtype']}, kernels {res['kernels']}, torch {res['torch']}; `{res['command']}`):", "",
              "| stage | micro-batch x seq x accum | s/step | tokens/s | peak memory | TFLOP/s | of peak "
              "| budget | projected |",
@@ -403,6 +473,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true",
                    help=f"the architecture at a tiny size {TINY_SHAPE}, sizes {TINY_SIZES} unless given")
     p.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: from PEAK_BF16_TFLOPS)")
+    p.add_argument("--parallel", choices=["ddp", "fsdp"], default="ddp",
+                   help="stage 2 under torchrun: every weight on every GPU (ddp) or sharded (fsdp; the model "
+                        "is built on the host)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", help="folder for the stages' trainer checkpoints (a temporary folder under it)")
     p.add_argument("--out", default=".", help="writes OUT/scale-<model>.json and .md")
@@ -423,6 +496,11 @@ def main(argv=None) -> dict:
         parser().error(f"--stages takes 1, 2 or 1,2, got {args.stages!r}")
     args.command = "python benchmarks/scale.py " + shlex.join(argv)
     res = run(args)
+    if torch.distributed.is_initialized():
+        rank = torch.distributed.get_rank()
+        torch.distributed.destroy_process_group()
+        if rank != 0:
+            return res
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = "scale-" + Path(res["model"]).name.removesuffix(".json") + ("-tiny" if res["tiny"] else "")

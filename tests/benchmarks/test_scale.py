@@ -75,3 +75,28 @@ def test_peak_table():
     assert scale.peak_tflops("NVIDIA A100-SXM4-80GB") == 312
     assert scale.peak_tflops("Some Future GPU") is None
     assert scale.peak_tflops("NVIDIA H200", override=123.0) == 123.0
+
+
+@pytest.mark.slow
+def test_rehearsal_under_torchrun_reports_the_whole_job(tmp_path):
+    """2 gloo ranks: stage 1 block-wise (the same step), stage 2 data parallel (twice the
+    tokens per step); one record from rank 0 with every rank's peak."""
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
+           str(root / "benchmarks" / "scale.py"), "--model", "llama3-8b", "--device", "cpu", "--tiny",
+           "--seq-len", "72", "--micro-batch", "1", "--grad-accum", "2", "--steps", "1", "--warmup", "0",
+           "--work", str(tmp_path), "--out", str(tmp_path / "out")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "out" / "scale-llama3-8b-tiny.json").read_text())
+    assert res["ranks"] == 2 and res["stage2_parallel"] == "ddp"
+    one, two = res["stages"]["1"], res["stages"]["2"]
+    assert one["tokens_per_step"] == 72 * 2 and two["tokens_per_step"] == 72 * 2 * 2
+    assert two["budget_steps"] == 20_000_000 // (72 * 4)
+    assert len(two["peak_gpu_memory_bytes_per_rank"]) == 2
+    assert "2 ranks (stage 2 ddp)" in (tmp_path / "out" / "scale-llama3-8b-tiny.md").read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the shared work folder is gone
