@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from .errors import CheckpointError
-from .hashing import sha256_file
+from .hashing import safetensors_sha256, sha256_file
 from .model_parts import base_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -87,7 +87,8 @@ def save_linearized(model: nn.Module, save_directory, tokenizer=None, merge_lora
                    if k not in ("lolcats", "lolcats_base", "lolcats_lora")}
     cfg = LolcatsConfig(
         base_model=base, base_config=base_config, linearization=inner.config.lolcats, lora=lora,
-        weights={"file": WEIGHTS_NAME, "contents": contents, "sha256": sha256_file(out / WEIGHTS_NAME)},
+        weights={"file": WEIGHTS_NAME, "contents": contents, "sha256": sha256_file(out / WEIGHTS_NAME),
+                 "tensors_sha256": safetensors_sha256(out / WEIGHTS_NAME)},
         architectures=["LolcatsForCausalLM"],
     )
     cfg.save_pretrained(out)

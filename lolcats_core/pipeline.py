@@ -192,12 +192,14 @@ def stage2_dir(cfg: RunConfig, stage1: dict, data_parallel: int | None = None) -
 
 
 def eval_dir(cfg: RunConfig, data: PreparedData, model_path: str | None, name: str) -> Path:
-    """Directory of an evaluation, named by the model's weights (the sha256 recorded in a
-    checkpoint's config.json, or the base model id for the teacher), the settings and the data."""
+    """Directory of an evaluation, named by the model's weights (the digest of its tensors
+    recorded in a checkpoint's config.json, or the base model id for the teacher), the settings
+    and the data."""
     if model_path is None:
         model_id = cfg.model
     else:
-        model_id = json.loads((Path(model_path) / "config.json").read_text())["weights"]["sha256"]
+        weights = json.loads((Path(model_path) / "config.json").read_text())["weights"]
+        model_id = weights.get("tensors_sha256", weights["sha256"])
     eval_settings = {**asdict(cfg.eval), "output_dir": None}
     fp = fingerprint("eval", model_id, eval_settings, data.fingerprint)
     return Path(cfg.output_dir) / cfg.name / f"eval-{name}-{fp}"
@@ -225,6 +227,7 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
     start = time.perf_counter()
     steps, history = 0, []
     if cfg.stage2.enabled:
+        torch.manual_seed(cfg.stage2.train.seed)  # LoRA's initialisation: the same in every process
         model = add_lora(model, cfg.stage2.lora)
         stage = stage_as_run(cfg, 2, out / "trainer", write=ranks is None or ranks.is_main)
         train_cfg = replace(stage.train, max_steps=stage.steps_for(seq_len, world))

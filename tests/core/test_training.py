@@ -131,3 +131,32 @@ def test_training_and_evaluation_forwards_build_no_decode_cache(tmp_path, monkey
     lora_adjust(model, batches, EVAL, TrainConfig(lr=1e-3, max_steps=1, eval_every=1), tmp_path / "s2")
     rows = [{"input_ids": x.tolist(), "labels": x.tolist()} for x in EVAL[0]["input_ids"]]
     assert perplexity(model, Dataset.from_list(rows), progress=False)["tokens"] > 0
+
+
+def test_stage2_gives_the_same_weights_whatever_the_process_rng(tmp_path):
+    """LoRA is initialised from stage 2's seed, not from the random state the process happens
+    to be in, and a checkpoint's tensor digest does not depend on how safetensors ordered its
+    header: stage 2 recomputed in another process (a refreshed or retried task) names its
+    evaluations by the same weights."""
+    import json
+    from pathlib import Path
+
+    from lolcats_core import pipeline
+    from lolcats_core.run_config import load_run_config
+    from service.tiny import make_tiny_base, tiny_tree
+
+    base = make_tiny_base(tmp_path / "base")
+
+    def cfg(run: str):
+        return load_run_config(tree={**tiny_tree("rng", base, tmp_path / run, max_steps=1),
+                                     "stage2": {"batch_size": 2, "max_steps": 1, "eval_every": 1,
+                                                "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"]}}})
+
+    data = pipeline.prepare_data(cfg("a"))
+    stage1 = pipeline.attention_transfer_step(cfg("a"), data)
+    digests = []
+    for run, draws in (("a", 7), ("b", 11)):
+        torch.rand(draws)  # a different random state for each
+        stage2 = pipeline.lora_step(cfg(run), data, stage1)
+        digests.append(json.loads((Path(stage2["model"]) / "config.json").read_text())["weights"]["tensors_sha256"])
+    assert digests[0] == digests[1]
