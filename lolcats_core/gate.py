@@ -13,7 +13,8 @@ An empty gate never passes (there is nothing to check against). A model that pas
 champion only if it is not worse than the current champion on the gate's metrics
 (`not_worse`): lower-is-better metrics (`max_ratio` rules) by at most `champion_tolerance`
 relative (0.01: 1 % higher), higher-is-better ones (`min_delta` rules) by at most
-`champion_tolerance` absolute.
+`champion_tolerance` absolute. When the champion fails a (stricter) gate, `choose_champion`
+picks its successor among all versions: the best one passing the gate, or none.
 """
 
 from __future__ import annotations
@@ -134,3 +135,44 @@ def not_worse(metrics: dict[str, float], champion: dict[str, float],
             raise ValueError(f"not_worse: unknown rule kind {kind!r} for {key!r}; use one of {RULE_KINDS}")
         ok &= good
     return GateResult(ok, checks)
+
+
+@dataclass
+class ChampionChoice:
+    """Outcome of `choose_champion`: the `version` to hold the alias (None: no version passes),
+    each version's gate verdict and, for the passing ones, why each is or is not chosen."""
+
+    version: int | None
+    gates: dict[int, GateResult]
+    reasons: dict[int, str]
+
+
+def choose_champion(versions: dict[int, tuple[dict[str, float], dict[str, float]]],
+                    gate: dict | None) -> ChampionChoice:
+    """Which of `versions` ({version: (metrics, teacher metrics)}) should be champion by `gate`.
+
+    Only versions passing the gate (`quality_gate`) qualify. Among them the best on the gate's
+    metrics wins: the one `not_worse` (within `champion_tolerance`) than the most other passing
+    versions, the newest on a tie, as a newer version within the tolerance takes the alias in
+    an ordinary promotion too.
+    """
+    rules, tol = gate_rules(gate), champion_tolerance(gate)
+    gates = {v: quality_gate(m, t, rules) for v, (m, t) in versions.items()}
+    passing = sorted(v for v, g in gates.items() if g.passed)
+    if not passing:
+        return ChampionChoice(None, gates, {})
+    beats = {v: sum(not_worse(versions[v][0], versions[o][0], rules, tol).passed
+                    for o in passing if o != v) for v in passing}
+    best = max(passing, key=lambda v: (beats[v], v))
+    return ChampionChoice(best, gates, {v: _choice_reason(v, best, beats, versions, rules, tol)
+                                        for v in passing})
+
+
+def _choice_reason(v: int, best: int, beats: dict[int, int], versions: dict, rules: dict,
+                   tol: float) -> str:
+    """Why passing version `v` is (or is not) the `best` of `choose_champion`."""
+    head = f"not worse than {beats[v]} of the {len(beats) - 1} other passing versions"
+    if v == best:
+        return head + ": the most (newest on a tie), chosen"
+    vs = not_worse(versions[v][0], versions[best][0], rules, tol)
+    return f"{head}, version {best} than {beats[best]}; vs version {best}: {vs.summary()}"

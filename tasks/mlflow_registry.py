@@ -11,12 +11,14 @@ are. Names are `lolcats-<preset>`. Every version carries the tags
     teacher.<name>            the teacher's metrics of that evaluation (to re-run the gate)
     lolcats.evaluation_run_id the MLflow run of that evaluation
     gate.passed, gate.summary the latest gate verdict; champion.check: the comparison with the
-                              champion it had to beat
+                              champion it had to beat (or with the other passing versions)
+    champion.reason           why the version took or lost `champion` when a champion failed
+                              a gate
 
 and its description holds a markdown table of the evaluation, so the registry page shows it.
 `judge` decides the `champion` alias: a version takes it only when it passes the gate and is
 not worse than the current champion on the gate's metrics; a champion that fails the current
-gate loses it.
+gate loses it to the best version passing that gate by its recorded metrics, if any (`_hand_back`).
 `register_version` first looks for a version with the same fingerprint and returns it instead
 of registering twice. Tracking server: MLFLOW_TRACKING_URI (checked up front, see health.py).
 """
@@ -278,8 +280,9 @@ def judge(name: str, version: int | str, gate: dict | None, *, alias: str = CHAM
     """Run the gate (`lolcats_core.gate`, a config's `gate:` section) on the version's recorded
     metrics and decide the `champion` alias:
 
-    - the version fails the gate: not champion (it loses the alias if it held it);
-    - the current champion (another version) fails this gate: it loses the alias;
+    - the champion (this version or another) fails this gate: the alias goes to the best
+      version passing it, or nowhere (`_hand_back`);
+    - the version fails the gate: not champion;
     - the version passes and there is no champion, or it is not worse than the champion on
       the gate's metrics (within `champion_tolerance`): it becomes champion;
     - else the champion stays. Verdicts are tags `gate.passed`, `gate.summary`, `champion.check`.
@@ -289,34 +292,17 @@ def judge(name: str, version: int | str, gate: dict | None, *, alias: str = CHAM
     c = _client(tracking_uri)
     version = str(version)
     rules, tol = gate_rules(gate), champion_tolerance(gate)
-    mv = c.get_model_version(name, version)
-    metrics, teacher = recorded_metrics(mv)
+    metrics, teacher = recorded_metrics(c.get_model_version(name, version))
     result = quality_gate(metrics, teacher, rules)
-    c.set_model_version_tag(name, version, "gate.passed", str(result.passed).lower())
-    c.set_model_version_tag(name, version, "gate.summary", result.summary()[:5000])
+    _tag_gate(c, name, version, result)
     champ = version_by_alias(name, alias, tracking_uri)
-    if champ is not None and champ.version != version:
+    if champ is not None:
         c_metrics, c_teacher = recorded_metrics(champ)
-        c_result = quality_gate(c_metrics, c_teacher or teacher, rules)
-        if not c_result.passed:
-            c.delete_registered_model_alias(name, alias)
-            c.set_model_version_tag(name, champ.version, "gate.passed", "false")
-            c.set_model_version_tag(name, champ.version, "gate.summary", c_result.summary()[:5000])
-            log.warning("%s version %s fails the current gate and is no longer @%s: %s",
-                        name, champ.version, alias, c_result.summary())
-            champ_demoted, champ = champ.version, None
-        else:
-            champ_demoted = None
-    else:
-        champ_demoted = None
-    demoted_note = f" (version {champ_demoted} failed this gate and lost @{alias})" if champ_demoted else ""
+        if not quality_gate(c_metrics, c_teacher or teacher, rules).passed:
+            new = _hand_back(c, name, champ.version, gate, teacher, alias)
+            return _handed_back(version, champ.version, new, result.summary(), alias)
     if not result.passed:
-        if champ is not None and champ.version == version:
-            c.delete_registered_model_alias(name, alias)
-            log.warning("%s version %s fails the gate and is no longer @%s: %s", name, version,
-                        alias, result.summary())
-            return Verdict(False, False, True, result.summary(), f"demoted from @{alias}")
-        return Verdict(False, False, False, result.summary(), f"not promoted{demoted_note}")
+        return Verdict(False, False, False, result.summary(), "not promoted")
     if champ is not None and champ.version == version:
         return Verdict(True, False, False, result.summary(), f"stays @{alias}")
     if champ is not None:
@@ -330,7 +316,56 @@ def judge(name: str, version: int | str, gate: dict | None, *, alias: str = CHAM
                            f"not promoted: worse than @{alias} version {champ.version} ({cmp.summary()})")
     c.set_registered_model_alias(name, alias, version)
     log.info("%s version %s promoted to @%s", name, version, alias)
-    return Verdict(True, True, False, result.summary(), f"promoted to @{alias}{demoted_note}")
+    return Verdict(True, True, False, result.summary(), f"promoted to @{alias}")
+
+
+def _tag_gate(c: MlflowClient, name: str, version: str, result: GateResult) -> None:
+    """Record a gate verdict on a version: tags `gate.passed`, `gate.summary`."""
+    c.set_model_version_tag(name, version, "gate.passed", str(result.passed).lower())
+    c.set_model_version_tag(name, version, "gate.summary", result.summary()[:5000])
+
+
+def _hand_back(c: MlflowClient, name: str, demoted: str, gate: dict | None,
+               teacher: dict[str, float], alias: str) -> str | None:
+    """The champion `demoted` fails `gate`: move `alias` to the best version of `name` that
+    passes it by its recorded metrics (`lolcats_core.gate.choose_champion`; a version without
+    teacher metrics is gated against `teacher`), or remove it when none passes. Returns the new
+    champion. Every version gets this gate's `gate.*` tags, the passing ones a `champion.check`
+    on why they are or are not chosen, the old and new champion a `champion.reason`."""
+    from lolcats_core.gate import choose_champion
+
+    recorded = {int(mv.version): recorded_metrics(mv) for mv in c.search_model_versions(f"name = '{name}'")}
+    choice = choose_champion({v: (m, t or teacher) for v, (m, t) in recorded.items()}, gate)
+    for v, g in choice.gates.items():
+        _tag_gate(c, name, str(v), g)
+    for v, why in choice.reasons.items():
+        c.set_model_version_tag(name, str(v), "champion.check", why[:5000])
+    new = None if choice.version is None else str(choice.version)
+    if new is None:
+        c.delete_registered_model_alias(name, alias)
+    else:
+        why = f"took @{alias} from version {demoted}, which fails the gate: {choice.reasons[choice.version]}"
+        c.set_model_version_tag(name, new, "champion.reason", why[:5000])
+        c.set_registered_model_alias(name, alias, new)
+    c.set_model_version_tag(name, demoted, "champion.reason", f"lost @{alias}: fails the gate; " + _handed(new))
+    log.warning("%s version %s fails the gate and is no longer @%s; %s: %s", name, demoted, alias,
+                _handed(new), choice.gates[int(demoted)].summary())
+    return new
+
+
+def _handed(new: str | None) -> str:
+    """Where the alias of a failing champion went."""
+    return f"handed to version {new}" if new else "no version passes it: no champion"
+
+
+def _handed_back(version: str, demoted: str, new: str | None, gate: str, alias: str) -> Verdict:
+    """`judge`'s verdict on `version` after the champion `demoted` handed the alias to `new`."""
+    if version == demoted:
+        return Verdict(False, False, True, gate, f"demoted from @{alias}; {_handed(new)}")
+    if version == new:
+        return Verdict(True, True, False, gate, f"promoted to @{alias} (version {demoted} failed this gate and lost it)")
+    return Verdict(False, False, False, gate,
+                   f"not promoted (version {demoted} failed this gate and lost @{alias}; {_handed(new)})")
 
 
 def promote(name: str, version: int | str, result: GateResult, *,

@@ -47,3 +47,25 @@ def test_not_worse_than_the_champion_within_the_tolerance():
     assert gate_rules({"max_perplexity_ratio": 1.1, "champion_tolerance": 0.01}) == {"perplexity": ("max_ratio", 1.1)}
     with pytest.raises(ConfigError, match="champion_tolerance: expected a number >= 0"):
         gate_rules({"champion_tolerance": -0.1})
+
+
+def test_choose_champion_picks_the_best_passing_version():
+    from lolcats_core.gate import choose_champion
+
+    teacher = {"perplexity": 10.0, "passkey_accuracy": 1.0}
+    gate = {"max_perplexity_ratio": 1.1, "min_passkey_delta": -0.1, "champion_tolerance": 0.01}
+
+    def v(ppl, passkey=1.0):
+        return {"perplexity": ppl, "passkey_accuracy": passkey}, teacher
+
+    versions = {1: v(10.2), 2: v(11.5), 3: v(10.6), 4: v(10.1, 0.8)}  # 2 and 4 fail the gate
+    choice = choose_champion(versions, gate)
+    assert choice.version == 1 and [k for k, g in choice.gates.items() if g.passed] == [1, 3]
+    assert choice.reasons[1].endswith("chosen") and "vs version 1: FAILED: perplexity: 10.6" in choice.reasons[3]
+    # within the tolerance (10.25 <= 10.2 * 1.01) a newer version ties and wins, as in a promotion
+    assert choose_champion(versions | {5: v(10.25)}, gate).version == 5
+    # a trade-off (neither is not worse than the other): the newest
+    assert choose_champion({1: v(10.0, 0.95), 2: v(10.5, 1.0)}, gate).version == 2
+    none = choose_champion({2: v(11.5)}, gate)
+    assert none.version is None and not none.gates[2].passed and none.reasons == {}
+    assert choose_champion(versions, {}).version is None  # an empty gate passes nothing

@@ -1,6 +1,7 @@
 """A champion that never gets worse, on the real MLflow server: a worse candidate does not take
-the `champion` alias, a stricter gate demotes a champion that fails it, and a re-run of the
-flow with a stricter gate and a changed evaluation records the evaluation and demotes."""
+the `champion` alias, a stricter gate demotes a champion that fails it (the alias goes to the
+best version that passes it), and a re-run of the flow with a stricter gate and a changed
+evaluation records the evaluation and demotes."""
 
 from __future__ import annotations
 
@@ -57,9 +58,17 @@ def test_a_stricter_gate_demotes_a_failing_champion(stack, register):
     assert tags["gate.passed"] == "false" and "perplexity: 11 vs teacher 10 (<= 1.05x): fail" in tags["gate.summary"]
     # a new version judged by the stricter gate: the failing champion goes, a passing one takes over
     assert R.judge(name, v1, GATE).promoted
-    v2 = register(name, "s2", 10.4)
+    v2 = register(name, "s2", 10.4, passkey=0.995)  # not worse than v1 within the tolerance
     assert R.judge(name, v2, strict).promoted and _champion(name) == v2
     assert client().get_model_version(name, v1).tags["gate.passed"] == "false"
+    # a gate stricter on passkey fails the champion v2 but passes v1: the alias goes back to v1
+    verdict = R.judge(name, v2, GATE | {"min_passkey_delta": 0.0})
+    assert verdict.demoted and verdict.reason == "demoted from @champion; handed to version 1"
+    assert _champion(name) == v1
+    t1, t2 = (client().get_model_version(name, v).tags for v in (v1, v2))
+    assert t1["gate.passed"] == "true" and t2["gate.passed"] == "false"
+    assert t1["champion.reason"].startswith("took @champion from version 2, which fails the gate")
+    assert t2["champion.reason"] == "lost @champion: fails the gate; handed to version 1"
 
 
 def test_rerun_with_stricter_gate_and_new_evaluation(stack, tiny_root, tmp_path):
