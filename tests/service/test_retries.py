@@ -1,6 +1,6 @@
 """Honest retries on the real stack: a configuration error inside a task fails at once with its
 message; a stopped S3 server is retried until it is back. Which errors count as transient is
-checked without the stack (tasks/retry.py)."""
+checked without the stack (tasks/retry.py); a hung task times out once, unretried."""
 
 from __future__ import annotations
 
@@ -128,3 +128,25 @@ def _flow_run_of_probe():
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["lolcats-retry-probe"])),
                                      sort=FlowRunSort.START_TIME_DESC, limit=1)
     return runs[0].id if runs and not runs[0].state.is_final() else None
+
+
+@pytest.mark.stack
+def test_a_task_past_its_time_limit_times_out_once(stack, tiny_root, tmp_path, monkeypatch):
+    """A step that hangs (here the library's data preparation, stalled) fails as TimedOut at
+    the config's `service.task_timeout_s` and is not retried: the flow ends at once, freeing
+    its deployment's concurrency slot."""
+    from lolcats_core import pipeline
+
+    def stalled(*args, **kwargs):
+        for _ in range(1200):  # short sleeps: the timeout interrupts between them
+            time.sleep(0.05)
+
+    monkeypatch.setenv("LOLCATS_TASK_RETRY_DELAYS", "30")
+    monkeypatch.setattr(pipeline, "prepare_data", stalled)
+    tree = tiny_tree("tiny-timeout", tiny_root / "base", tmp_path) | {"service": {"task_timeout_s": 2}}
+    tree["data"]["train_tokens"] = 4100  # data of its own: not a cached step of another test
+    t0 = time.monotonic()
+    state = _prepare(str(write_config(tmp_path / "c.yaml", tree)), return_state=True)
+    assert state.is_failed() and time.monotonic() - t0 < 30, state
+    tr = _task_runs(state.state_details.flow_run_id)["prepare_data"]
+    assert tr.run_count == 1 and tr.state.name == "TimedOut", (tr.run_count, tr.state)
