@@ -60,6 +60,24 @@ def held_out_loss_shared(model: nn.Module, batches: list[dict], ranks: Ranks, de
     return (total[0] / total[1].clamp(min=1)).item()
 
 
+def broadcast_from_rank0(params: dict[str, nn.Parameter]) -> None:
+    """One LoRA initialisation for all ranks: rank 0's."""
+    with torch.no_grad():
+        for p in params.values():
+            dist.broadcast(p, 0)
+
+
+def train_on_ranks(params: dict[str, nn.Parameter], step, evaluate, train_batches: BatchSource, ranks: Ranks,
+                   cfg: TrainConfig, out_dir: Path, on_eval=None) -> TrainResult:
+    """`train_loop` of stage 2 on every rank (each its share of the micro-batches; rank 0 writes
+    the checkpoints and reports), then every rank loads the best LoRA parameters."""
+    result = train_loop("LoRA adjustment", params, step, evaluate, rank_share(train_batches, ranks), cfg,
+                        out_dir, on_eval if ranks.is_main else None, writes=ranks.is_main)
+    dist.barrier()  # rank 0 has written the last best.safetensors
+    restore_best(params, out_dir)
+    return result
+
+
 def data_parallel_lora_adjust(
     model: nn.Module,
     ranks: Ranks,
@@ -75,9 +93,7 @@ def data_parallel_lora_adjust(
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     device = next(iter(params.values())).device
-    with torch.no_grad():  # one LoRA initialisation for all ranks: rank 0's
-        for p in params.values():
-            dist.broadcast(p, 0)
+    broadcast_from_rank0(params)
     ddp = DistributedDataParallel(NextTokenLoss(model, device), device_ids=None if device.type == "cpu" else [device],
                                   forward_sync_buffers=False, init_sync=False)
     eval_batches = list(eval_batches)
@@ -97,8 +113,4 @@ def data_parallel_lora_adjust(
         loss = held_out_loss_shared(model, eval_batches, ranks, device)
         return loss, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
-    result = train_loop("LoRA adjustment", params, step, evaluate, rank_share(train_batches, ranks), cfg,
-                        out_dir, on_eval if ranks.is_main else None, writes=ranks.is_main)
-    dist.barrier()  # rank 0 has written the last best.safetensors
-    restore_best(params, out_dir)
-    return result
+    return train_on_ranks(params, step, evaluate, train_batches, ranks, cfg, out_dir, on_eval)

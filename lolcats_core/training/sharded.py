@@ -27,8 +27,8 @@ from torch.distributed.fsdp import fully_shard
 
 from ..distributed import Ranks
 from ..model_parts import decoder_layers
-from .data_parallel import NextTokenLoss, rank_share
-from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
+from .data_parallel import NextTokenLoss, broadcast_from_rank0, train_on_ranks
+from .loop import BatchSource, TrainConfig, TrainResult
 
 
 def shard(model: nn.Module, ranks: Ranks, device) -> NextTokenLoss:
@@ -75,9 +75,7 @@ def sharded_lora_adjust(
     train_batches: the single-process stream of micro-batches; each rank takes its share.
     """
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    with torch.no_grad():  # one LoRA initialisation for all ranks: rank 0's
-        for p in params.values():
-            dist.broadcast(p, 0)
+    broadcast_from_rank0(params)
     loss_module = shard(model, ranks, device)
     eval_batches = list(eval_batches)
     micro_batches = 0
@@ -102,8 +100,4 @@ def sharded_lora_adjust(
         loss = total / max(tokens, 1)
         return loss, {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
-    result = train_loop("LoRA adjustment", params, step, evaluate, rank_share(train_batches, ranks), cfg,
-                        out_dir, on_eval if ranks.is_main else None, writes=ranks.is_main)
-    dist.barrier()  # rank 0 has written the last best.safetensors
-    restore_best(params, out_dir)
-    return result
+    return train_on_ranks(params, step, evaluate, train_batches, ranks, cfg, out_dir, on_eval)
