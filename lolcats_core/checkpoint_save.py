@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from transformers import PretrainedConfig
 
 from .errors import CheckpointError
-from .hashing import safetensors_sha256, sha256_file
+from .hashing import safetensors_sha256
 from .model_parts import base_model
 
 WEIGHTS_NAME = "model.safetensors"
@@ -83,12 +83,12 @@ def save_linearized(model: nn.Module, save_directory, tokenizer=None, merge_lora
             state.update({f"lora::{k}": v for k, v in get_peft_model_state_dict(model).items()})
     state = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     save_file(state, out / WEIGHTS_NAME, metadata={"format": "pt", "contents": contents})
+    file_sha, tensors_sha = safetensors_sha256(out / WEIGHTS_NAME)
     base_config = {k: v for k, v in inner.config.to_dict().items()
                    if k not in ("lolcats", "lolcats_base", "lolcats_lora")}
     cfg = LolcatsConfig(
         base_model=base, base_config=base_config, linearization=inner.config.lolcats, lora=lora,
-        weights={"file": WEIGHTS_NAME, "contents": contents, "sha256": sha256_file(out / WEIGHTS_NAME),
-                 "tensors_sha256": safetensors_sha256(out / WEIGHTS_NAME)},
+        weights={"file": WEIGHTS_NAME, "contents": contents, "sha256": file_sha, "tensors_sha256": tensors_sha},
         architectures=["LolcatsForCausalLM"],
     )
     cfg.save_pretrained(out)

@@ -30,14 +30,17 @@ def sha256_file(path: str | Path) -> str:
     return sha256_files([path])
 
 
-def safetensors_sha256(path: str | Path) -> str:
-    """Hex sha256 of a safetensors file with its header's keys sorted: the same tensors give
-    the same digest whatever order the writer put the header's metadata in (safetensors writes
-    it from a hash map, so two saves of the same tensors can differ in their bytes)."""
-    digest = hashlib.sha256()
+def safetensors_sha256(path: str | Path) -> tuple[str, str]:
+    """(hex sha256 of a safetensors file's bytes, hex sha256 of the file with its header's keys
+    sorted), in one read. The second names the tensors: safetensors writes the header's metadata
+    from a hash map, so two saves of the same tensors can differ in their bytes, not in it."""
+    raw, canonical = hashlib.sha256(), hashlib.sha256()
     with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        digest.update(json.dumps(json.loads(f.read(length)), sort_keys=True).encode())
+        prefix = f.read(8)
+        header = f.read(struct.unpack("<Q", prefix)[0])
+        raw.update(prefix + header)
+        canonical.update(json.dumps(json.loads(header), sort_keys=True).encode())
         while block := f.read(BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
+            raw.update(block)
+            canonical.update(block)
+    return raw.hexdigest(), canonical.hexdigest()
