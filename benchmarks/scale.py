@@ -11,7 +11,8 @@ kernels on (on CUDA; `--kernels torch` for the PyTorch path).
 Timing: the batch source (the stages' `BatchSource`) synchronises the device and stamps the
 clock when the loop takes the first micro-batch of each optimizer step, so one step's time
 covers its forwards, backwards and the optimizer update. The first `--warmup` steps (Triton
-compilation, allocator growth) are not measured; then `--steps` steps are; the stage then
+compilation, allocator growth; under torchrun, stage 1 adds one per rank for the block-wise
+pipeline to fill) are not measured; then `--steps` steps are; the stage then
 runs one more step, its held-out evaluation (one micro-batch) and its checkpoint, as a real
 run does at the end, outside the measured window. Peak memory is
 `torch.cuda.max_memory_allocated` over the whole stage (reset before each stage).
@@ -51,7 +52,8 @@ head costs less on real data). The fp32 feature-map matmuls run on TF32, not bf1
 Under torchrun, stage 1 splits the layers into one block per rank
 (`lolcats_core.training.blockwise`) and every rank runs the whole global step's micro-batches
 through its block; stage 2 splits the data (each rank micro-batch x grad_accum per step, the
-global step that times the number of ranks). tokens/s are the whole job's; peak memory is the
+global step that times the number of ranks). tokens/s are the whole job's, TFLOP/s per GPU
+(the job's over the ranks; the peak is one GPU's); peak memory is the
 largest rank's (every rank's in `peak_gpu_memory_bytes_per_rank`); rank 0 writes the results.
 """
 
@@ -63,6 +65,7 @@ import platform
 import resource
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -271,7 +274,10 @@ def run_stage(number: int, model, args, cfg: RunConfig, vocab: int, device: torc
     stage = cfg.stage1 if number == 1 else cfg.stage2
     mb, seq_len, accum = _sizes(args, stage, cfg.data.seq_len)
     world = ranks.world_size if ranks is not None and number == 2 else 1  # data-parallel ranks
-    total = args.warmup + args.steps + 1  # the last step closes the measured window
+    # block-wise, rank r starts r steps after rank 0 and each pair of ranks opens its NCCL
+    # point-to-point channel on its first message: those steps are not measured either
+    warmup = args.warmup + (ranks.world_size if number == 1 and ranks is not None else 0)
+    total = warmup + args.steps + 1  # the last step closes the measured window
     train_cfg = replace(stage.train, max_steps=total, eval_every=total, grad_accum=accum)
     clock = StepClock(accum * world, device)  # a rank's step spans accum x ranks positions of the stream
     batches = random_batches(vocab, mb, seq_len, train_cfg.seed + number, clock)
@@ -292,7 +298,7 @@ def run_stage(number: int, model, args, cfg: RunConfig, vocab: int, device: torc
             with stage2_execution(model, train_cfg):
                 data_parallel_lora_adjust(model, ranks, batches, eval_batches, train_cfg, work / "stage2")
     wall = time.perf_counter() - start
-    times = clock.step_seconds()[args.warmup:args.warmup + args.steps]
+    times = clock.step_seconds()[warmup:warmup + args.steps]
     tokens_per_step = mb * seq_len * accum * world
     seconds_per_step = max(_gathered(sum(times) / len(times), ranks))
     tokens_per_s = tokens_per_step / seconds_per_step
@@ -302,8 +308,9 @@ def run_stage(number: int, model, args, cfg: RunConfig, vocab: int, device: torc
     peaks = _gathered(torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None, ranks)
     record = {
         "stage": number, "micro_batch": mb, "seq_len": seq_len, "grad_accum": accum,
-        "tokens_per_step": tokens_per_step, "warmup_steps": args.warmup, "steps": len(times),
+        "tokens_per_step": tokens_per_step, "warmup_steps": warmup, "steps": len(times),
         "step_seconds": [round(t, 6) for t in times], "seconds_per_step": seconds_per_step,
+        "median_seconds_per_step": max(_gathered(statistics.median(times), ranks)),
         "tokens_per_s": tokens_per_s, "stage_wall_seconds": round(wall, 3),
         "peak_gpu_memory_bytes": max(peaks) if peaks[0] is not None else None,
         "peak_gpu_memory_bytes_per_rank": peaks,
@@ -403,8 +410,9 @@ def run(args) -> dict:
     for number, rec in records.items():
         flops = flops_per_token(shape, lin, n_lin, rec["seq_len"], lora_params)[number]
         rec["flops_per_token"] = flops
-        rec["achieved_tflops"] = flops * rec["tokens_per_s"] / 1e12
-        rec["fraction_of_peak"] = rec["achieved_tflops"] / peak if peak else None
+        world = ranks.world_size if ranks is not None else 1  # every rank works in both stages
+        rec["achieved_tflops_per_gpu"] = flops * rec["tokens_per_s"] / world / 1e12
+        rec["fraction_of_peak"] = rec["achieved_tflops_per_gpu"] / peak if peak else None
     return {
         "benchmark": "scale", "command": args.command, "device": str(device), "device_name": device_name,
         "ranks": ranks.world_size if ranks is not None else 1,
@@ -438,14 +446,14 @@ def markdown(res: dict) -> str:
     ranks = f", {res['ranks']} ranks (stage 2 {res['stage2_parallel']})" if res["ranks"] > 1 else ""
     lines = [f"**Scale rehearsal, {res['model']}{' (tiny)' if res['tiny'] else ''}** ({res['device_name']}{ranks}, "
              f"{res['dtype']}, kernels {res['kernels']}, torch {res['torch']}; `{res['command']}`):", "",
-             "| stage | micro-batch x seq x accum | s/step | tokens/s | peak memory | TFLOP/s | of peak "
+             "| stage | micro-batch x seq x accum | s/step | tokens/s | peak memory | TFLOP/s per GPU | of peak "
              "| budget | projected |",
              "|---|---|---|---|---|---|---|---|---|"]
     for number, r in res["stages"].items():
         share = "-" if r["fraction_of_peak"] is None else f"{100 * r['fraction_of_peak']:.0f}%"
         lines.append(
             f"| {number} | {r['micro_batch']} x {r['seq_len']} x {r['grad_accum']} | {r['seconds_per_step']:.3f} "
-            f"| {r['tokens_per_s']:,.0f} | {_gib(r['peak_gpu_memory_bytes'])} | {r['achieved_tflops']:.1f} "
+            f"| {r['tokens_per_s']:,.0f} | {_gib(r['peak_gpu_memory_bytes'])} | {r['achieved_tflops_per_gpu']:.1f} "
             f"| {share} | {r['budget_tokens'] / 1e6:.1f}M | {_duration(r['projected_seconds'])} |")
     lines += ["", f"Projected total: {_duration(res['projected_total_seconds'])}."]
     if res["kernel_fallbacks"]:

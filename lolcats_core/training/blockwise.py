@@ -31,7 +31,8 @@ from ..convert import base_model, decoder_layers, linearized_attentions
 from ..distributed import Ranks, layer_blocks
 from ..errors import ConfigError
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
-from .transfer import attention_state_names, transfer_mode
+from .execution import compiled, compiled_layers
+from .transfer import attention_state_names, transfer_mode, transfer_mse
 
 LINEARIZED_LAYER_COST = 2.0  # a linearized layer (teacher forward + student forward/backward)
 SOFTMAX_LAYER_COST = 1.0  # a layer kept as softmax (frozen forward only); an estimate, not measured
@@ -142,10 +143,11 @@ def blockwise_attention_transfer(
     params = {n: p for n, p in every.items() if id(p) in own}
     eval_batches = list(eval_batches)
     pipe = BlockPipe(model, ranks, device)
+    loss_fn = compiled(transfer_mse, cfg.compile)
 
     def step(batch: dict, scale: float) -> dict:
         model.train()
-        with torch.no_grad(), transfer_mode(model, train=True, scale=scale) as record:
+        with torch.no_grad(), transfer_mode(model, train=True, scale=scale, mse=loss_fn) as record:
             pipe.run(batch["input_ids"])
         per_layer = [s / n for s, n in record.totals().values()]
         return {"loss": sum(per_layer) / len(per_layer)}  # this block's layers
@@ -165,7 +167,7 @@ def blockwise_attention_transfer(
         return sum(mse.values()) / len(mse), {f"mse/layer_{k}": v for k, v in mse.items()}
 
     trainer_dir = Path(out_dir) / f"block-{ranks.rank}-of-{ranks.world_size}"
-    with block_only(model, block):
+    with compiled_layers(model, cfg.compile), block_only(model, block):
         result = train_loop(f"attention transfer, layers {block.start}-{block.stop - 1}", params, step,
                             evaluate, train_batches, cfg, trainer_dir, on_eval if ranks.is_main else None)
         restore_best(params, trainer_dir)

@@ -95,7 +95,7 @@ def data_parallel_lora_adjust(
     device = next(iter(params.values())).device
     broadcast_from_rank0(params)
     ddp = DistributedDataParallel(NextTokenLoss(model, device), device_ids=None if device.type == "cpu" else [device],
-                                  forward_sync_buffers=False, init_sync=False)
+                                  broadcast_buffers=False, init_sync=False)
     eval_batches = list(eval_batches)
     micro_batches = 0
 

@@ -36,8 +36,8 @@ def test_tiny_rehearsal_end_to_end(tmp_path):
         assert r["budget_steps"] == 20_000_000 // 144 and r["budget_tokens"] == r["budget_steps"] * 144
         assert r["projected_seconds"] == pytest.approx(r["budget_tokens"] / r["tokens_per_s"])
         assert r["flops_per_token"] > 0
-        assert r["achieved_tflops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e12)
-        assert r["fraction_of_peak"] == pytest.approx(r["achieved_tflops"] / 0.5)
+        assert r["achieved_tflops_per_gpu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 1e12)
+        assert r["fraction_of_peak"] == pytest.approx(r["achieved_tflops_per_gpu"] / 0.5)
         assert r["trainable_parameters"] > 0
     assert res["stages"]["2"]["trainable_parameters"] == res["lora_parameters"]
     assert res["projected_total_seconds"] == pytest.approx(
@@ -97,6 +97,9 @@ def test_rehearsal_under_torchrun_reports_the_whole_job(tmp_path):
     one, two = res["stages"]["1"], res["stages"]["2"]
     assert one["tokens_per_step"] == 72 * 2 and two["tokens_per_step"] == 72 * 2 * 2
     assert two["budget_steps"] == 20_000_000 // (72 * 4)
+    assert one["warmup_steps"] == 2 and two["warmup_steps"] == 0  # the block-wise pipeline fills first
+    for r in (one, two):  # the job's FLOPs over its 2 GPUs
+        assert r["achieved_tflops_per_gpu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 2 / 1e12)
     assert len(two["peak_gpu_memory_bytes_per_rank"]) == 2
     assert "2 ranks (stage 2 ddp)" in (tmp_path / "out" / "scale-llama3-8b-tiny.md").read_text()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the shared work folder is gone
