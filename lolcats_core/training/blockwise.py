@@ -30,8 +30,8 @@ import torch.nn as nn
 from ..convert import base_model, decoder_layers, linearized_attentions
 from ..distributed import Ranks, layer_blocks
 from ..errors import ConfigError
-from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 from .execution import compiled, compiled_layers
+from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 from .transfer import attention_state_names, transfer_mode, transfer_mse
 
 LINEARIZED_LAYER_COST = 2.0  # a linearized layer (teacher forward + student forward/backward)
