@@ -19,6 +19,7 @@ number of ranks); at the end rank 0 gathers every block's best parameters into i
 which the caller saves as the usual single checkpoint.
 """
 
+import logging
 from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +33,10 @@ from ..distributed import Ranks, layer_blocks
 from ..errors import ConfigError
 from .execution import compiled, compiled_layers
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
+from .state import saved_states, settle_train_state
 from .transfer import attention_state_names, transfer_mode, transfer_mse
+
+log = logging.getLogger("lolcats.training")
 
 LINEARIZED_LAYER_COST = 2.0  # a linearized layer (teacher forward + student forward/backward)
 SOFTMAX_LAYER_COST = 1.0  # a layer kept as softmax (frozen forward only); an estimate, not measured
@@ -167,14 +171,34 @@ def blockwise_attention_transfer(
         return sum(mse.values()) / len(mse), {f"mse/layer_{k}": v for k, v in mse.items()}
 
     trainer_dir = Path(out_dir) / f"block-{ranks.rank}-of-{ranks.world_size}"
+    align_resume(trainer_dir / "last", ranks)
     with compiled_layers(model, cfg.compile), block_only(model, block):
         result = train_loop(f"attention transfer, layers {block.start}-{block.stop - 1}", params, step,
-                            evaluate, train_batches, cfg, trainer_dir, on_eval if ranks.is_main else None)
+                            evaluate, train_batches, cfg, trainer_dir, on_eval if ranks.is_main else None,
+                            commit_barrier=dist.barrier)
         restore_best(params, trainer_dir)
         mse = all_layer_mse()
     pipe.flush()
     gather_parameters(model, {n: p.detach().cpu() for n, p in params.items()}, ranks)
     return result, mse
+
+
+def align_resume(last: Path, ranks: Ranks) -> None:
+    """Make every rank resume at the same step: the newest one whose checkpoint all ranks hold.
+
+    The ranks commit each checkpoint together (`commit_barrier`), so a rank killed meanwhile
+    leaves every rank either the previous checkpoint or the new one (at `last` or, not yet
+    renamed, at `last.tmp`); ranks resuming at different steps would wait for each other's
+    micro-batches forever. With no step in common (a kill during the first commit) all start
+    afresh.
+    """
+    every: list = [None] * ranks.world_size
+    dist.all_gather_object(every, sorted(saved_states(last)))
+    common = set(every[0]).intersection(*every[1:])
+    if not common and any(every):
+        log.warning("stage 1 block-wise: the ranks' checkpoints share no step (%s); starting afresh",
+                    ", ".join(f"rank {r}: {steps or 'none'}" for r, steps in enumerate(every)))
+    settle_train_state(last, max(common) if common else None)
 
 
 def gather_parameters(model: nn.Module, own: dict[str, torch.Tensor], ranks: Ranks) -> None:

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError, LolcatsError
-from .state import load_train_state, save_train_state
+from .state import load_train_state, save_train_state, saved_states, settle_train_state
 
 log = logging.getLogger("lolcats.training")
 
@@ -127,6 +127,7 @@ def train_loop(
     out_dir: Path,
     on_eval: Callable[[int, dict], None] | None = None,
     writes: bool = True,
+    commit_barrier: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Run (or resume) a stage. Writes `out_dir/last` (resume) and `out_dir/best.safetensors`.
 
@@ -142,6 +143,9 @@ def train_loop(
             (logging, shipping `out_dir/last` to an artifact store).
         writes: False on data-parallel ranks other than rank 0: they hold the same parameters
             and read (resume from) the checkpoints rank 0 writes to the same `out_dir`.
+        commit_barrier: ranks that keep checkpoints of their own (block-wise stage 1) wait here
+            for each other between writing a checkpoint and replacing the previous one, so
+            every rank can always resume at one common step (`training.blockwise`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -153,13 +157,15 @@ def train_loop(
             optimizer, factor=cfg.plateau_factor, patience=cfg.plateau_patience)
     info = {"step": 0, "epoch": 0, "position": 0, "best_score": math.inf, "best_step": 0, "history": []}
     last = out_dir / "last"
+    if writes and (saved := saved_states(last)):  # a crash may have left the newest at last.tmp
+        settle_train_state(last, max(saved))
     if (last / "state.json").exists():
         info = load_train_state(last, params, optimizer, scheduler)
         log.info("%s: resuming at step %d (epoch %d, batch %d)", name, info["step"], info["epoch"], info["position"])
 
     def checkpoint() -> None:
         if writes:
-            save_train_state(last, params, optimizer, scheduler, info)
+            save_train_state(last, params, optimizer, scheduler, info, commit_barrier)
 
     def stop(reason: str) -> NonFiniteLossError:
         where = (f"the last good checkpoint is {last} (step {info['step'] // cfg.eval_every * cfg.eval_every})"

@@ -2,12 +2,14 @@
 
 A checkpoint directory holds `tensors.safetensors` (trained parameters, optimizer state,
 RNG state) and `state.json` (step, data position, scheduler state, best metric, ...).
-It is written to `<dir>.tmp` and renamed, so a crash never leaves a half-written checkpoint.
+It is written to `<dir>.tmp` and renamed, so a crash never leaves a half-written checkpoint;
+`state.json` is written last, so a `.tmp` that holds it is complete (`saved_states`).
 """
 
 import json
 import random
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,11 +40,42 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_train_state(path: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
-                     scheduler, info: dict) -> None:
-    """Atomically write parameters, optimizer, scheduler, RNG and `info` to `path`."""
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def saved_states(path: Path) -> dict[int, Path]:
+    """The complete checkpoints at `path` and at its `.tmp` (written, not yet renamed), by step."""
+    states = {}
+    for folder in (Path(path), _tmp(Path(path))):
+        if (folder / "state.json").exists():
+            states[json.loads((folder / "state.json").read_text())["info"]["step"]] = folder
+    return states
+
+
+def settle_train_state(path: Path, step: int | None) -> None:
+    """Leave at `path` the complete checkpoint of `step` (taken from `.tmp` if it is there) and
+    nothing else; `step` None removes both (start afresh)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    keep = saved_states(path).get(step) if step is not None else None
+    if step is not None and keep is None:
+        raise ValueError(f"no checkpoint of step {step} at {path}")
+    for folder in (path, _tmp(path)):
+        if folder != keep:
+            shutil.rmtree(folder, ignore_errors=True)
+    if keep is not None and keep != path:
+        keep.rename(path)
+
+
+def save_train_state(path: Path, params: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer,
+                     scheduler, info: dict, before_commit: Callable[[], None] | None = None) -> None:
+    """Atomically write parameters, optimizer, scheduler, RNG and `info` to `path`.
+
+    before_commit: called once the new checkpoint is complete at `<path>.tmp` and before it
+    replaces `path` (ranks that must commit together wait for each other there).
+    """
+    path = Path(path)
+    tmp = _tmp(path)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     opt_tensors, opt_meta = _flatten_optimizer(optimizer)
@@ -58,6 +91,8 @@ def save_train_state(path: Path, params: dict[str, torch.Tensor], optimizer: tor
         "rng_python": [py_state[0], list(py_state[1]), py_state[2]],
     }
     (tmp / "state.json").write_text(json.dumps(meta))
+    if before_commit is not None:
+        before_commit()
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
 

@@ -149,6 +149,7 @@ def test_candidates_call_the_ops_as_they_are_declared(monkeypatch):
 
     monkeypatch.setattr(triton_function, "hybrid_attention_triton", hybrid_attention_chunked)
     outs = {name: fn() for name, fn in attention_gpu.our_candidates(x).items()}
-    assert list(outs) == ["ours", "ours_gate", "ours_sinks_gate"]
+    assert list(outs) == ["ours", "ours_w256", "ours_gate", "ours_sinks_gate"]
     assert not torch.equal(outs["ours"], outs["ours_gate"]) and not torch.equal(outs["ours_gate"],
                                                                                outs["ours_sinks_gate"])
+    assert not torch.equal(outs["ours"], outs["ours_w256"])  # the window reaches 256 keys back

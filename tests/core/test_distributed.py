@@ -66,6 +66,49 @@ def test_blockwise_stage1_equals_the_single_process_run(tmp_path):
     _assert_close(single, multi, atol=1e-6)
 
 
+SKEWS = [  # the trainer states ranks 0 and 1 hold ({"last" | "last.tmp" | "broken": step}), and the common step
+    # killed before every rank had written step 4: both resume at 2
+    ([{"last": 2, "last.tmp": 4}, {"last": 2, "broken": 4}], [2]),
+    # killed after some rank committed step 4: every rank holds it (at last or last.tmp)
+    ([{"last": 4}, {"last": 2, "last.tmp": 4}], [4]),
+    # killed during the first commit: no step in common, both start afresh
+    ([{"last.tmp": 2}, {"broken": 2}], []),
+]
+
+
+def _align(rank: int, folder: Path) -> None:
+    """Rank `rank` of 2 (gloo): for each of SKEWS, save its trainer states, align, and record
+    the steps its `last` holds then and what is left in the folder."""
+    import torch.distributed as dist
+
+    from lolcats_core.distributed import Ranks
+    from lolcats_core.training.blockwise import align_resume
+    from lolcats_core.training.state import save_train_state, saved_states
+
+    dist.init_process_group("gloo", init_method=f"file://{folder / 'pg'}", rank=rank, world_size=2)
+    param = torch.nn.Parameter(torch.zeros(2))
+    results = []
+    for case, (states, _) in enumerate(SKEWS):
+        last = folder / f"case-{case}" / f"block-{rank}" / "last"
+        for where, step in states[rank].items():
+            path = last if where == "last" else last.with_name("last.tmp")
+            save_train_state(path, {"p": param}, torch.optim.SGD([param]), None, {"step": step})
+            if where == "broken":  # killed while writing: state.json is written last
+                (path / "state.json").unlink()
+        align_resume(last, Ranks(rank, 2, rank))
+        results.append([sorted(saved_states(last)), sorted(p.name for p in last.parent.iterdir())])
+    (folder / f"result-{rank}.json").write_text(json.dumps(results))
+    dist.destroy_process_group()
+
+
+def test_blockwise_ranks_resume_at_the_newest_common_step(tmp_path):
+    """Ranks resuming at different steps would wait on each other's micro-batches for ever."""
+    torch.multiprocessing.spawn(_align, args=(tmp_path,), nprocs=2)
+    for rank in range(2):
+        results = json.loads((tmp_path / f"result-{rank}.json").read_text())
+        assert results == [[common, ["last"] if common else []] for _, common in SKEWS]
+
+
 @pytest.mark.slow
 def test_data_parallel_stage2_equals_the_single_process_run_at_the_same_global_batch(tmp_path):
     """2 ranks x 2 accumulation steps x 2 rows against one process with 4 accumulation steps.

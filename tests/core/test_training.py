@@ -1,5 +1,8 @@
 """Stage 1 and stage 2 training: progress, exact resume, NaN handling."""
 
+import logging
+import shutil
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -8,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from helpers import make_tiny_config
 from lolcats_core import LinearizeConfig, LoraSettings, add_lora, linearize
 from lolcats_core.training import NonFiniteLossError, TrainConfig, attention_transfer, layer_mse, lora_adjust
+from lolcats_core.training.state import save_train_state, saved_states
 from lolcats_core.training.transfer import attention_state_names
 
 
@@ -77,6 +81,35 @@ def test_resume_is_bit_identical(stage, tmp_path):
     state_a = load_file(tmp_path / "a" / "last" / "tensors.safetensors")
     state_b = load_file(tmp_path / "b" / "last" / "tensors.safetensors")
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a if not k.startswith("rng"))
+
+
+def test_resume_takes_a_checkpoint_left_complete_at_last_tmp(tmp_path, caplog):
+    """Killed after writing a checkpoint to last.tmp but before it replaced last: the run
+    resumes from the newer one and leaves a single `last`."""
+    def run(steps):
+        cfg = TrainConfig(lr=1e-2, max_steps=steps, eval_every=2, plateau_patience=0)
+        attention_transfer(_model(), batches, EVAL, cfg, tmp_path)
+
+    run(2)
+    shutil.copytree(tmp_path / "last", tmp_path / "step2")
+    run(4)
+    (tmp_path / "last").rename(tmp_path / "last.tmp")
+    (tmp_path / "step2").rename(tmp_path / "last")
+    with caplog.at_level(logging.INFO, logger="lolcats.training"):
+        run(6)
+    assert "resuming at step 4" in caplog.text
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("last")) == ["last"]
+
+
+def test_a_checkpoint_is_complete_before_it_replaces_the_last_one(tmp_path):
+    """`before_commit` runs when the new checkpoint is whole at last.tmp and last is untouched."""
+    param = torch.nn.Parameter(torch.zeros(3))
+    opt = torch.optim.AdamW([param])
+    save_train_state(tmp_path / "last", {"p": param}, opt, None, {"step": 2})
+    seen = []
+    save_train_state(tmp_path / "last", {"p": param}, opt, None, {"step": 4},
+                     before_commit=lambda: seen.append(sorted(saved_states(tmp_path / "last"))))
+    assert seen == [[2, 4]] and sorted(saved_states(tmp_path / "last")) == [4]
 
 
 def test_nan_loss_stops_with_step_and_layer_and_keeps_the_checkpoint(tmp_path):
