@@ -1,4 +1,5 @@
-"""The registered pyfunc model served by `mlflow models serve`: a good request answers, an
+"""The registered pyfunc model served by `mlflow models serve` from a virtualenv MLflow builds from
+the model's own requirements: a good request answers, an
 oversized `max_new_tokens`, an empty or malformed prompt are refused with HTTP 400 and a one-line
 message (no stack trace), and the model is self-contained: it loads and generates in a Python
 that cannot see the repository checkout (its code and base model travel with it)."""
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,10 +117,21 @@ def _refused(status: int, body: dict, *words: str) -> str:
     return msg
 
 
+def _pyenv_bin() -> Path:
+    """The folder of `pyenv`, which MLflow's virtualenv environment manager runs."""
+    found = shutil.which("pyenv") or (Path.home() / ".pyenv" / "bin" / "pyenv")
+    assert Path(found).exists(), ("`mlflow models serve --env-manager virtualenv` needs pyenv "
+                                  "(https://github.com/pyenv/pyenv#installation) on PATH or in ~/.pyenv")
+    return Path(found).parent
+
+
 @pytest.fixture(scope="module")
 def server(stack, registered, tmp_path_factory):
-    """`mlflow models serve -m models:/lolcats-tiny-serve@champion --env-manager local`,
-    run outside the checkout, stopped by PID (its process group)."""
+    """`mlflow models serve -m models:/lolcats-tiny-serve@champion --env-manager virtualenv`:
+    MLflow builds a fresh virtualenv from the model's own requirements (Python from pyenv,
+    packages by pip) and serves from it, outside the checkout; stopped by PID (process group).
+    The environment is cached in ~/.mlflow/envs by the requirements' hash: the first build takes
+    a few minutes."""
     import socket
 
     with socket.socket() as s:
@@ -128,11 +141,10 @@ def server(stack, registered, tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
         "MLFLOW_TRACKING_URI": stack.mlflow_uri, "LOLCATS_MAX_NEW_TOKENS": str(LIMIT),
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-        # the server runs `uvicorn` from PATH
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+        "PATH": os.pathsep.join([str(_pyenv_bin()), os.environ.get("PATH", "")])}
     log = (cwd / "serve.log").open("w")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m",
-                             registered["uri"], "--env-manager", "local", "--host", "127.0.0.1",
+                             registered["uri"], "--env-manager", "virtualenv", "--host", "127.0.0.1",
                              "-p", str(port), "-w", "1"], cwd=cwd, env=env, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -146,7 +158,7 @@ def server(stack, registered, tmp_path_factory):
             return False
 
     try:
-        wait_for(up, 240, "the model server")
+        wait_for(up, 720, "the model server (building its virtualenv)")
         yield {"url": url + "/invocations", "proc": proc, "log": cwd / "serve.log"}
     finally:
         try:
@@ -161,6 +173,8 @@ def server(stack, registered, tmp_path_factory):
 
 
 def test_served_model_answers_and_refuses_bad_requests_cleanly(server):
+    # served from the virtualenv MLflow built, not from this Python
+    assert "/.mlflow/envs/" in server["log"].read_text()
     url = server["url"]
     status, body, _ = _post(url, {"inputs": ["Hello, my name is"], "params": {"max_new_tokens": 4}})
     assert status == 200, body
