@@ -30,7 +30,7 @@ from .convert import linearize
 from .errors import CheckpointError
 from .hashing import sha256_file
 from .lora import LoraSettings, add_lora
-from .presets import TOKENIZER_FILES, load_base_model, resolve, weight_fingerprint
+from .presets import TOKENIZER_FILES, load_base_model, resolve
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 # Fields of the base config that must match for adapter weights to apply.
@@ -49,14 +49,15 @@ def _check_directory(path: Path) -> None:
         raise CheckpointError(f"{path} has no {WEIGHTS_NAME}: not a lolcats checkpoint")
 
 
-def _check_base(cfg: LolcatsConfig, base: nn.Module) -> None:
+def _check_base(cfg: LolcatsConfig, base: nn.Module, got: str) -> None:
+    """Raise unless the base model's config and weight fingerprint `got` are the checkpoint's."""
     have = base.config.to_dict()
     diffs = [f"{k}: checkpoint {cfg.base_config.get(k)!r} vs base {have.get(k)!r}"
              for k in SHAPE_FIELDS if cfg.base_config.get(k) != have.get(k)]
     if diffs:
         raise CheckpointError(
             f"base model {cfg.base_model.get('id')!r} does not match the checkpoint: " + "; ".join(diffs))
-    want, got = cfg.base_model.get("fingerprint"), weight_fingerprint(base)
+    want = cfg.base_model.get("fingerprint")
     if want and want != got:
         raise CheckpointError(
             f"base model weights differ from those the checkpoint was trained on "
@@ -87,6 +88,9 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
     Args:
         base_model: where to load the base model of an "adapter" checkpoint from (preset,
             directory or hub id); default: the id recorded in the checkpoint.
+        device: "meta": the model's structure only, checked against the checkpoint (an
+            "adapter" checkpoint's base model by the fingerprint in its files): what sharded
+            stage 2 builds on the ranks that rank 0 fills (`lolcats_core.training.sharded`).
         merge_lora: merge LoRA into the projections (inference); else return the PeftModel.
     """
     path = Path(path)
@@ -97,6 +101,8 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
             f"{path / WEIGHTS_NAME} was modified after saving (sha256 differs from config.json); "
             "refusing to load a tampered checkpoint")
     state = load_file(path / WEIGHTS_NAME)
+    if str(device) == "meta":  # shapes only: loading them checks that they fit, copies nothing
+        state = {k: v.to("meta") for k, v in state.items()}
     lin = LinearizeConfig.from_dict(cfg.linearization)
     if cfg.weights.get("contents") == "full":
         base_cfg = AutoConfig.for_model(**copy.deepcopy(cfg.base_config))
@@ -108,8 +114,9 @@ def load_linearized(path, base_model: str | None = None, dtype: torch.dtype = to
         _load_into(model, state, allow_missing=tied)
         model.tie_weights()
         return model.to(device).eval()
-    model, _, _ = load_base_model(base_model or cfg.base_model["id"], dtype=dtype, device="cpu")
-    _check_base(cfg, model)
+    base_device = "meta" if str(device) == "meta" else "cpu"
+    model, _, ref = load_base_model(base_model or cfg.base_model["id"], dtype=dtype, device=base_device)
+    _check_base(cfg, model, ref.fingerprint)
     model.config.lolcats_base = dict(cfg.base_model)
     linearize(model, lin)
     lora_state = {k.removeprefix("lora::"): v for k, v in state.items() if k.startswith("lora::")}

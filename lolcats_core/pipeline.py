@@ -33,7 +33,7 @@ from .model_parts import decoder_layers
 from .presets import base_model_ref, load_base_model, model_config, resolve
 from .run_config import RunConfig
 from .training import attention_transfer, lora_adjust
-from .training.blockwise import blockwise_attention_transfer
+from .training.blockwise import blockwise_attention_transfer, load_rank_block
 from .training.data_parallel import data_parallel_lora_adjust
 from .training.execution import stage2_execution
 from .training.loop import restore_best
@@ -128,8 +128,8 @@ def stage1_dir(cfg: RunConfig, base_fp: str, data_fp: str) -> Path:
 def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ranks: Ranks | None = None) -> dict:
     """Stage 1 into its fingerprinted directory; returns the completion record.
 
-    ranks: under torchrun, each rank trains one block of layers; the model is loaded on the
-    host and only the rank's block moves to the device.
+    ranks: under torchrun, each rank trains one block of layers: it reads only its block's
+    weights (`load_rank_block`, on the host) and moves them to the device.
     """
     out = stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint)
     if (done := read_done(out)) is not None:
@@ -140,7 +140,10 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ra
                           "one device: run `lolcats retrieval-layers` and set the layers it prints, or run "
                           "stage 1 in one process")
     device = _device(cfg)
-    model, tokenizer, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device="cpu" if ranks else device)
+    if ranks is None:
+        model, tokenizer, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device=device)
+    else:  # the softmax layers are those of the config (retrieval scores are refused above)
+        model, tokenizer, ref = load_rank_block(cfg.model, cfg.linearize, ranks, cfg.torch_dtype())
     out.mkdir(parents=True, exist_ok=True)
     lin, retrieval = resolve_softmax_layers(cfg.linearize, model, tokenizer, cfg.eval.passkey_lengths)
     if retrieval is not None:
@@ -209,7 +212,8 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
     """Stage 2 from the stage-1 checkpoint; returns the completion record.
 
     ranks: under torchrun, data parallel with `stage2.batch_size` x `grad_accum` rows per rank
-    and step, every weight on every rank (DDP) or sharded (FSDP2; `distributed.stage2`).
+    and step, every weight on every rank (DDP) or sharded (FSDP2; `distributed.stage2`: rank 0
+    loads the model on the host, the others build it on the meta device).
     """
     world = ranks.world_size if ranks is not None else 1
     out = stage2_dir(cfg, stage1, world)
@@ -219,7 +223,8 @@ def lora_step(cfg: RunConfig, data: PreparedData, stage1: dict, on_eval=None, ra
     out.mkdir(parents=True, exist_ok=True)
     device = _device(cfg)
     sharded = ranks is not None and cfg.stage2.enabled and _stage2_parallel(cfg, stage1, device) == "fsdp"
-    model = load_linearized(stage1["model"], dtype=cfg.torch_dtype(), device="cpu" if sharded else device)
+    where = ("cpu" if ranks.is_main else "meta") if sharded else device
+    model = load_linearized(stage1["model"], dtype=cfg.torch_dtype(), device=where)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(stage1["model"])

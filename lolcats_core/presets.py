@@ -24,6 +24,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from .errors import ConfigError
 from .hashing import sha256_file, sha256_files
 from .model_parts import base_model
+from .weights import empty_model, read_tensors, weight_map
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -121,35 +122,39 @@ def weight_fingerprint(model: torch.nn.Module) -> str:
 
 def _file_fingerprint(model_dir: Path, num_layers: int) -> str | None:
     """`weight_fingerprint` read from a directory's safetensors without building the model."""
-    from safetensors import safe_open
-
     names = ["model.embed_tokens.weight", f"model.layers.{num_layers - 1}.mlp.down_proj.weight"]
-    index = model_dir / "model.safetensors.index.json"
-    if index.exists():
-        where = json.loads(index.read_text())["weight_map"]
-        files = [model_dir / where[n] for n in names if n in where]
-    else:
-        files = [model_dir / "model.safetensors"] * 2
-    if len(files) != 2 or not all(f.exists() for f in files):
+    where = weight_map(model_dir)
+    if not all(name in where and where[name].exists() for name in names):
         return None
-    weights = []
-    for name, file in zip(names, files):
-        with safe_open(file, framework="pt") as f:
-            if name not in f.keys():
-                return None
-            weights.append(f.get_tensor(name))
-    return _fingerprint(weights)
+    tensors = read_tensors(model_dir, names)
+    return _fingerprint([tensors[name] for name in names])
+
+
+def base_weights_dir(name_or_path: str, revision: str | None = None) -> Path:
+    """The local directory of a base model's weights: a local or cached (GGUF) directory, or
+    a hub model's snapshot in the Hugging Face cache (its JSON and safetensors files, fetched
+    once where a hub is reachable)."""
+    source, rev = resolve(name_or_path)
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=revision or rev, allow_patterns=["*.json", "*.safetensors"]))
+
+
+def _file_ref(name_or_path: str, revision: str | None) -> BaseModelRef | None:
+    """The `BaseModelRef` of a base model read from its safetensors; None where it has none."""
+    _, rev = resolve(name_or_path)
+    weights = base_weights_dir(name_or_path, revision)
+    fingerprint = _file_fingerprint(weights, AutoConfig.from_pretrained(weights).num_hidden_layers)
+    return None if fingerprint is None else BaseModelRef(name_or_path, revision or rev, fingerprint)
 
 
 def base_model_ref(name_or_path: str, revision: str | None = None) -> BaseModelRef:
     """The `BaseModelRef` that `load_base_model` would record, read cheaply from the weight
-    files of a local directory (seconds, also for 8B models); loads the model otherwise."""
-    source, rev = resolve(name_or_path)
-    if Path(source).is_dir():
-        cfg = AutoConfig.from_pretrained(source)
-        fingerprint = _file_fingerprint(Path(source), cfg.num_hidden_layers)
-        if fingerprint is not None:
-            return BaseModelRef(id=name_or_path, revision=revision or rev, fingerprint=fingerprint)
+    files (seconds, also for 70B models); loads the model where they are not safetensors."""
+    if (ref := _file_ref(name_or_path, revision)) is not None:
+        return ref
     model, _, ref = load_base_model(name_or_path, revision=revision)
     del model
     return ref
@@ -352,15 +357,24 @@ def load_base_model(
 ):
     """Load a base causal LM and its tokenizer (None for a directory without one).
 
+    device "meta": the model's structure only, no weight read (`weights.empty_model`; fill
+    parts with `weights.load_parts` from `base_weights_dir`), its fingerprint read from the files.
+
     Returns (model, tokenizer, BaseModelRef); the ref is also stored as `config.lolcats_base`.
     """
     source, rev = resolve(name_or_path)
     kwargs = {} if Path(source).is_dir() else {"revision": revision or rev}
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device)
+    if str(device) == "meta":
+        ref = _file_ref(name_or_path, revision)
+        if ref is None:
+            raise ConfigError(f"{name_or_path!r} has no safetensors weights to read piecewise")
+        model = empty_model(AutoConfig.from_pretrained(source, **kwargs), dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs).to(device)
+        ref = BaseModelRef(id=name_or_path, revision=revision or rev, fingerprint=weight_fingerprint(model))
     local = Path(source)
     has_tokenizer = not local.is_dir() or any((local / f).exists() for f in TOKENIZER_FILES)
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs) if has_tokenizer else None
-    ref = BaseModelRef(id=name_or_path, revision=revision or rev, fingerprint=weight_fingerprint(model))
     model.config.lolcats_base = ref.to_dict()
     return model, tokenizer, ref
 

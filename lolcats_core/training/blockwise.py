@@ -14,9 +14,13 @@ concurrently (sends are asynchronous), waiting for the others only at evaluation
 per-layer MSE every rank gathers so that all ranks see the single-process score, plateau
 schedule and best step.
 
-Each rank keeps its own trainer state (`<out_dir>/block-<r>-of-<N>`: resume with the same
-number of ranks); at the end rank 0 gathers every block's best parameters into its model,
-which the caller saves as the usual single checkpoint.
+A rank reads only its block's weights from the base model's files (`load_rank_block`: its
+layers, and the token embeddings on rank 0; no rank needs the final norm or the output head),
+the rest of its model staying on the meta device, so that host memory per rank is its share
+of the model. Each rank keeps its own trainer state (`<out_dir>/block-<r>-of-<N>`: resume with
+the same number of ranks); at the end rank 0 gathers every block's best parameters into its
+model, which the caller saves as the usual single checkpoint: a checkpoint holds the trained
+parameters and a reference to the base model, never the frozen weights.
 """
 
 import logging
@@ -28,9 +32,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..config import LinearizeConfig
 from ..convert import base_model, decoder_layers, linearized_attentions
 from ..distributed import Ranks, layer_blocks
 from ..errors import ConfigError
+from ..presets import base_weights_dir, load_base_model
+from ..weights import load_parts
 from .execution import compiled, compiled_layers
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 from .state import saved_states, settle_train_state
@@ -48,16 +55,38 @@ def layer_costs(num_layers: int, linearized: Iterable[int]) -> list[float]:
     return [LINEARIZED_LAYER_COST if i in linear else SOFTMAX_LAYER_COST for i in range(num_layers)]
 
 
-def rank_block(model: nn.Module, ranks: Ranks) -> range:
-    """The decoder layers rank `ranks.rank` trains; every block holds a linearized layer."""
-    linear = [a.layer_idx for a in linearized_attentions(model)]
-    blocks = layer_blocks(layer_costs(len(decoder_layers(model)), linear), ranks.world_size)
+def layer_block(num_layers: int, linearized: Iterable[int], ranks: Ranks) -> range:
+    """The decoder layers rank `ranks.rank` trains when `linearized` are the linearized ones of
+    `num_layers`; every block holds a linearized layer."""
+    linear = sorted(linearized)
+    blocks = layer_blocks(layer_costs(num_layers, linear), ranks.world_size)
     idle = [r for r, b in enumerate(blocks) if not set(b) & set(linear)]
     if idle:
         raise ConfigError(f"stage 1 on {ranks.world_size} ranks: the blocks of ranks {idle} "
                           f"({[f'{b.start}-{b.stop - 1}' for b in blocks]}) hold no linearized layer "
                           f"(linearized: {linear}); use fewer ranks")
     return blocks[ranks.rank]
+
+
+def rank_block(model: nn.Module, ranks: Ranks) -> range:
+    """The decoder layers rank `ranks.rank` trains of a linearized model (`layer_block`)."""
+    return layer_block(len(decoder_layers(model)), [a.layer_idx for a in linearized_attentions(model)], ranks)
+
+
+def load_rank_block(name_or_path: str, lin: LinearizeConfig, ranks: Ranks, dtype: torch.dtype):
+    """The base model (to linearize with `lin`) with only what rank's block needs read from
+    its files: the block's decoder layers, and the token embeddings for the first block (the
+    others start from hidden states). The other weights stay on the meta device.
+
+    Returns (model, tokenizer, BaseModelRef) as `load_base_model`.
+    """
+    model, tokenizer, ref = load_base_model(name_or_path, dtype=dtype, device="meta")
+    num_layers = len(decoder_layers(model))
+    block = layer_block(num_layers, set(range(num_layers)) - set(lin.softmax_layer_indices(num_layers)), ranks)
+    inner = base_model(model).model
+    parts = [*inner.layers[block.start:block.stop], *([inner.embed_tokens] if block.start == 0 else [])]
+    load_parts(model, base_weights_dir(name_or_path), parts, dtype)
+    return model, tokenizer, ref
 
 
 class PassThrough(nn.Module):
@@ -115,10 +144,12 @@ class BlockPipe:
 
 
 def place_block(model: nn.Module, block: range, device) -> None:
-    """Move what the block's forward needs to `device`: its layers, the embeddings, the rotary
-    tables. The other layers stay where the model was loaded (the host)."""
+    """Move what the block's forward needs to `device`: its layers, the rotary tables and, for
+    the first block, the embeddings. The rest stays where the model was loaded (the host, or
+    the meta device: `load_rank_block`)."""
     inner = base_model(model).model
-    inner.embed_tokens.to(device)
+    if block.start == 0:
+        inner.embed_tokens.to(device)
     inner.rotary_emb.to(device)
     for i in block:
         inner.layers[i].to(device)
@@ -202,13 +233,11 @@ def align_resume(last: Path, ranks: Ranks) -> None:
 
 
 def gather_parameters(model: nn.Module, own: dict[str, torch.Tensor], ranks: Ranks) -> None:
-    """Copy every rank's `own` tensors (by parameter name) into rank 0's model."""
+    """Put the other ranks' `own` tensors (by parameter name) into rank 0's model, in place of
+    its parameters there (on the meta device when `load_rank_block` loaded it)."""
     parts: list | None = [None] * ranks.world_size if ranks.is_main else None
     dist.gather_object(own, parts, dst=0)
     if parts is None:
         return
-    named = dict(model.named_parameters())
-    with torch.no_grad():
-        for part in parts:
-            for name, tensor in part.items():
-                named[name].copy_(tensor)
+    gathered = {name: tensor for part in parts[1:] for name, tensor in part.items()}
+    model.load_state_dict(gathered, strict=False, assign=True)

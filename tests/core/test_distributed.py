@@ -130,6 +130,34 @@ def test_fsdp_stage2_equals_the_single_process_run_at_the_same_global_batch(tmp_
     _assert_close(single, multi, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_each_rank_materialises_only_its_share_of_the_base_model(tmp_path):
+    """Under torchrun a rank reads only what it uses from the model's files, the rest of its
+    model staying on the meta device: for block-wise stage 1 its block of layers (rank 0 also
+    the token embeddings; nobody the final norm or the output head), for sharded stage 2
+    nothing on ranks > 0 until rank 0's weights fill their shards, half of every tensor each."""
+    from transformers import AutoModelForCausalLM
+
+    proc = _launch("memory", tmp_path)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output[-3000:]
+    ranks = [json.loads((tmp_path / f"materialised-{r}.json").read_text()) for r in range(2)]
+    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    sizes: dict[str, int] = {}
+    for name, p in whole.named_parameters():
+        part = ".".join(name.split(".")[:3 if name.startswith("model.layers.") else 2])
+        sizes[part] = sizes.get(part, 0) + p.numel()
+    layers = {r: {f"model.layers.{i}": sizes[f"model.layers.{i}"] for i in block}
+              for r, block in enumerate([range(0, 2), range(2, 4)])}
+    assert ranks[0]["transfer"] == {"model.embed_tokens": sizes["model.embed_tokens"], **layers[0]}
+    assert ranks[1]["transfer"] == layers[1]
+    loaded = ranks[0]["fsdp_loaded"]  # the linearized model: base weights and feature maps
+    assert loaded.keys() == sizes.keys() - {"lm_head"} and ranks[1]["fsdp_loaded"] == {}  # lm_head: tied
+    for part, total in loaded.items():
+        assert ranks[0]["fsdp_sharded"][part] + ranks[1]["fsdp_sharded"][part] == total
+        assert ranks[0]["fsdp_sharded"][part] == ranks[1]["fsdp_sharded"][part]
+
+
 def _worker_pid(launcher: int, rank: int) -> int:
     for pid in descendant_pids(launcher):
         try:
@@ -142,9 +170,12 @@ def _worker_pid(launcher: int, rank: int) -> int:
 
 
 @pytest.mark.slow
-def test_a_killed_rank_ends_the_run_and_a_rerun_resumes(tmp_path):
+@pytest.mark.parametrize("stage", ["lora", "fsdp"])
+def test_a_killed_rank_ends_the_run_and_a_rerun_resumes(stage, tmp_path):
+    """DDP, and FSDP2 (whose ranks > 0 build the model on the meta device and take rank 0's
+    weights again on the re-run): the resumed run ends where the single process does."""
     out, args = tmp_path / "run", ("--steps", "12", "--grad-accum", "2")
-    proc = _launch("lora", out, *args)
+    proc = _launch(stage, out, *args)
     state = out / "trainer" / "last" / "state.json"
     deadline = time.monotonic() + 180
     while not state.exists():
@@ -156,11 +187,11 @@ def test_a_killed_rank_ends_the_run_and_a_rerun_resumes(tmp_path):
     assert "Root Cause" in output and "rank      : 1" in output and "SIGKILL" in output, output[-3000:]
     assert not (out / "params.safetensors").exists()
 
-    rerun = _launch("lora", out, *args)
+    rerun = _launch(stage, out, *args)
     output, _ = rerun.communicate(timeout=240)
     assert rerun.returncode == 0, output[-3000:]
     assert "LoRA adjustment: resuming at step" in output
-    single = _single("lora", tmp_path / "single", steps=12, grad_accum=4)
+    single = _single(stage, tmp_path / "single", steps=12, grad_accum=4)
     _assert_close(single, load_file(out / "params.safetensors"), atol=1e-5)
 
 
