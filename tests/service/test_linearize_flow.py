@@ -1,5 +1,6 @@
 """The linearize flow on the real stack with a tiny model: registration, idempotent re-runs,
-the pyfunc model, S3 outage, a killed worker, and bad input.
+the pyfunc model, S3 outage, a killed worker (its zombie run crashed, the next run resumed),
+and bad input.
 
 Each run takes seconds of compute; most of a test's time is Prefect and process start-up.
 """
@@ -20,6 +21,7 @@ from helpers import descendant_pids, wait_for
 from tiny import tiny_tree, wait_flow_run, write_config
 
 pytestmark = pytest.mark.stack
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _logs(flow_run_id) -> list[str]:
@@ -205,56 +207,77 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
     assert key
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint(stack, tiny_root, tiny_deployment):
-    """SIGKILL the worker (and its flow-run process) during attention transfer, wipe the local
-    stage-1 folder (as if the retry ran on another machine), re-run: stage 1 resumes from the
-    checkpoint shipped to S3, data preparation is not redone."""
+def test_killed_worker_run_is_crashed_and_the_next_run_resumes_from_its_checkpoint(stack, tiny_root):
+    """SIGKILL the worker (and its flow-run process) during attention transfer of a run of a
+    deployment that runs one at a time (concurrency 1, ENQUEUE, as in deploy/prefect.yaml), wipe
+    the local stage-1 folder (as if the next run ran on another machine) and submit the next run
+    right after the kill. Nobody cancels the killed run: it holds the deployment's slot, so the
+    next run waits behind it, until (within the zombie window) the automation of deploy/stack.py
+    marks it Crashed (tests/service/test_zombie_runs.py). The next run then starts and completes:
+    stage 1 resumes from the checkpoint shipped to S3, data preparation is not redone."""
+    import json
+    import re
     import shutil
 
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig
     from prefect.deployments import run_deployment
-    from prefect.states import Crashed
 
+    from flows.linearize import linearize
     from tasks import artifacts
+    from test_zombie_runs import heartbeats
 
     tree = tiny_tree("tiny-kill", tiny_root / "base", tiny_root, max_steps=600, eval_every=100)
     cfg = write_config(tiny_root / "tiny-kill.yaml", tree)
-    first = run_deployment(tiny_deployment["name"], parameters={"config": str(cfg)}, timeout=0)
+    linearize.from_source(source=str(REPO), entrypoint="flows/linearize.py:linearize").deploy(
+        name="tiny-one-at-a-time", work_pool_name="local", parameters={"config": str(cfg)},
+        job_variables={"env": {"LOLCATS_TASK_RETRY_DELAYS": "2,4,8", "OMP_NUM_THREADS": "2"}},
+        concurrency_limit=ConcurrencyLimitConfig(limit=1, collision_strategy="ENQUEUE"),
+        print_next_steps=False, ignore_warnings=True)
+    name = "linearize/tiny-one-at-a-time"
+    first = run_deployment(name, parameters={"config": str(cfg)}, timeout=0)
     key = wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-kill")) and
                     artifacts.is_complete(k) and k, 180, "the first shipped stage-1 checkpoint")
+    wait_for(lambda: heartbeats(stack, first.id) > 0, 30, "its first heartbeat", poll=0.5)
     stage1 = next((tiny_root / "runs" / "tiny-kill").glob("stage1-*"))
     assert not (stage1 / "done.json").exists(), "stage 1 finished before the kill: lengthen it"
     worker = stack.pid("worker")
-    victims = [worker] + descendant_pids(worker)
-    for pid in victims:
+    for pid in [worker] + descendant_pids(worker):
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    killed = time.monotonic()
     data_manifests = {p: p.stat().st_mtime_ns for p in (tiny_root / "data").glob("*/lolcats_data.json")}
     shutil.rmtree(stage1)
-    with get_client(sync_client=True) as client:  # nobody will report the killed run's end
-        client.set_flow_run_state(first.id, Crashed(message="worker killed by the test"), force=True)
     stack.sh("up", "worker")
+    second = run_deployment(name, parameters={"config": str(cfg)}, timeout=0)
+    with get_client(sync_client=True) as client:
+        time.sleep(5)  # the new worker has polled: the second run must wait for the slot
+        assert client.read_flow_run(first.id).state.is_running()
+        assert not client.read_flow_run(second.id).state.is_final()
+        crashed = wait_for(lambda: (s := client.read_flow_run(first.id).state).is_final() and s,
+                           90, "the zombie run to be marked Crashed", poll=0.5)
+        took = time.monotonic() - killed
+    assert crashed.is_crashed(), crashed
+    assert "no heartbeat for 50 s" in (crashed.message or ""), crashed.message
+    assert took <= 50 + 30 + 10, f"crashed {took:.0f} s after the kill"  # window + beat + evaluation
+    print(f"zombie run Crashed {took:.1f} s after the kill")
 
-    second = run_deployment(tiny_deployment["name"], parameters={"config": str(cfg)}, timeout=0)
     run = wait_flow_run(second.id, timeout=300)
     logs = _logs_with(second.id, "resuming from the step-")
     assert run.state.is_completed(), (run.state, logs[-3000:])
     assert "attention_transfer: resuming from the step-" in logs and "(downloaded from S3)" in logs, logs[-3000:]
-    import re
-
     resumed_at = int(re.search(r"resuming from the step-(\d+) checkpoint", logs).group(1))
     assert 100 <= resumed_at < 600
     prepare = [t for n, t in _task_runs(second.id).items() if n.startswith("prepare_data")]
     assert [t.state.name for t in prepare] == ["Cached"]  # data preparation reused
     assert {p: p.stat().st_mtime_ns for p in data_manifests} == data_manifests
-    import json
-
     done = json.loads((stage1 / "done.json").read_text())
     assert done["steps"] == 600 and done["history"][0]["step"] == 100  # history kept across the kill
     assert len(_versions("lolcats-tiny-kill")) == 1
     assert key
+    print(f"next run completed {time.monotonic() - killed:.1f} s after the kill")
 
 
 def test_bad_input_fails_fast_with_a_clear_error(stack, tiny_root, tmp_path, monkeypatch):
