@@ -161,13 +161,23 @@ def _stage1_checkpoint_key(root: Path, run: str) -> str | None:
 
 def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny_root, monkeypatch):
     """S3 stops while stage 1 ships checkpoints; stage 1 ends while it is down, so its output
-    upload fails and the task fails once; S3 comes back and the retried task succeeds."""
+    upload fails and the task fails once; S3 comes back and the retried task succeeds.
+
+    Stage 1 (the flow runs in this process) waits after shipping its first checkpoint until S3
+    is down: the outage lands mid-stage on any machine, however fast its steps."""
     from flows.linearize import linearize
     from tasks import artifacts, step_artifacts
 
     monkeypatch.setenv("LOLCATS_S3_RETRY_SECONDS", "3")
     monkeypatch.setenv("LOLCATS_TASK_RETRY_DELAYS", "5,10,20,40")
-    tree = tiny_tree("tiny-s3", tiny_root / "base", tiny_root, max_steps=1000, eval_every=100)
+    s3_down, ship = threading.Event(), step_artifacts.ship_checkpoint
+
+    def ship_then_wait_for_the_outage(trainer_dir, key):
+        ship(trainer_dir, key)
+        s3_down.wait(120)  # set by the test once S3 is down
+
+    monkeypatch.setattr(step_artifacts, "ship_checkpoint", ship_then_wait_for_the_outage)
+    tree = tiny_tree("tiny-s3", tiny_root / "base", tiny_root, max_steps=200, eval_every=100)
     cfg = write_config(tiny_root / "tiny-s3.yaml", tree)
     result, ctx = {}, contextvars.copy_context()  # the stack's Prefect settings live in a contextvar
     th = threading.Thread(target=lambda: ctx.run(
@@ -177,10 +187,12 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
         key = wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-s3")) and
                         artifacts.is_complete(k) and k, 120, "the first shipped checkpoint")
         stack.sh("down", "s3")
+        s3_down.set()
         stage1 = next((tiny_root / "runs" / "tiny-s3").glob("stage1-*"))
         wait_for(lambda: (stage1 / "done.json").exists(), 120, "stage 1 to finish locally")
         time.sleep(4)  # its upload is now failing (3 s retry deadline)
     finally:
+        s3_down.set()
         stack.sh("up", "s3")
     th.join(300)
     state = result["state"]
