@@ -16,6 +16,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,12 +182,15 @@ def test_grpc_ports_demand_a_client_certificate(stack, weed):
             tls.recv(1)  # TLS 1.3: the server's "certificate required" alert arrives here
 
 
+SHELL_SECONDS = 10  # the anonymous shell's time; the control needs a fraction of it (below)
+
+
 def _weed_shell(stack, home: Path, script: str, config_dir: Path | None = None) -> str:
     weed = str(Path(sys.executable).parent / "weed")
     pre = [f"-config_dir={config_dir}"] if config_dir else []
     try:
         out = subprocess.run([weed, *pre, "shell", f"-master=127.0.0.1:{stack.config.weed_master_port}"],
-                             input=script, capture_output=True, text=True, timeout=25, cwd=home,
+                             input=script, capture_output=True, text=True, timeout=SHELL_SECONDS, cwd=home,
                              env={"PATH": os.environ["PATH"], "HOME": str(home)})
         return out.stdout + out.stderr
     except subprocess.TimeoutExpired as e:  # no certificate: it keeps retrying the master
@@ -195,12 +199,16 @@ def _weed_shell(stack, home: Path, script: str, config_dir: Path | None = None) 
 
 def test_weed_shell_without_the_certificate_cannot_delete(stack, weed, tmp_path):
     """The tool a hostile tester reaches for: `weed shell` over gRPC. Without the stack's
-    certificate `fs.rm` does nothing; with it (the positive control) the shell sees the file."""
+    certificate `fs.rm` does nothing in SHELL_SECONDS; with it (the positive control) the shell
+    sees the file in under half that time (about 0.4 s), so the anonymous one had time enough."""
     out = _weed_shell(stack, tmp_path, f"fs.rm /buckets/{weed['bucket']}/{KEY}\n")
     assert_untouched(weed)
+    t0 = time.monotonic()
     listed = _weed_shell(stack, tmp_path, f"fs.ls /buckets/{weed['bucket']}/locked\n",
                          config_dir=stack.run_dir / "weed-security")
+    took = time.monotonic() - t0
     assert "checkpoint.bin" in listed, f"control failed: {listed[-800:]}\n(anonymous: {out[-300:]})"
+    assert took < SHELL_SECONDS / 2, f"the control took {took:.1f} s: give the anonymous shell longer"
 
 
 def _environ(pid: int) -> dict[str, str]:
