@@ -35,6 +35,17 @@ def tiny_model_dir(tmp_path):
 
 
 @pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """(base, data): the flow tests' tiny base model (tests/service/tiny.py: a random 2-layer
+    Llama with the SmolLM2 tokenizer), saved once, and a data folder shared by the tests that run
+    pipeline steps on it (as their `data.cache_dir`, data of the same config is prepared once)."""
+    from service.tiny import make_tiny_base
+
+    root = tmp_path_factory.mktemp("tiny-base")
+    return make_tiny_base(root), root / "data"
+
+
+@pytest.fixture(scope="session")
 def smollm2_dir():
     """The dequantised SmolLM2-135M (cached across runs under $LOLCATS_CACHE)."""
     from lolcats_core.presets import smollm2_dir as _dir

@@ -117,17 +117,18 @@ def test_lolcats_plan_prints_the_split(capsys):
 
 
 @pytest.mark.slow  # prepares data, trains and saves both stages: about 15 s
-def test_the_pipeline_runs_each_stage_as_fitted(tmp_path, monkeypatch):
+def test_the_pipeline_runs_each_stage_as_fitted(tiny_base, tmp_path, monkeypatch):
     """With a made-up GPU whose memory takes stage 2's two rows only with recomputed layers, the
     pipeline's stages run (on the CPU) the micro-batches and checkpointing the plan picks."""
     import json
 
     from lolcats_core import memory, pipeline
     from lolcats_core.training import execution
-    from service.tiny import make_tiny_base, tiny_tree
+    from service.tiny import tiny_tree
 
-    tree = tiny_tree("fit", make_tiny_base(tmp_path), tmp_path, max_steps=1, batch_size=1, grad_accum=2,
-                     micro_batch="auto")
+    base, data_dir = tiny_base
+    tree = tiny_tree("fit", base, tmp_path, max_steps=1, batch_size=1, grad_accum=2, micro_batch="auto")
+    tree["data"]["cache_dir"] = str(data_dir)
     tree["stage2"] |= {"batch_size": 1, "grad_accum": 2, "max_steps": 1, "micro_batch": "auto",
                        "gradient_checkpointing": "auto"}
     cfg = load_run_config(tree=tree)

@@ -166,7 +166,7 @@ def test_training_and_evaluation_forwards_build_no_decode_cache(tmp_path, monkey
     assert perplexity(model, Dataset.from_list(rows), progress=False)["tokens"] > 0
 
 
-def test_stage2_gives_the_same_weights_whatever_the_process_rng(tmp_path):
+def test_stage2_gives_the_same_weights_whatever_the_process_rng(tiny_base, tmp_path):
     """LoRA is initialised from stage 2's seed, not from the random state the process happens
     to be in, and a checkpoint's tensor digest does not depend on how safetensors ordered its
     header: stage 2 recomputed in another process (a refreshed or retried task) names its
@@ -176,14 +176,15 @@ def test_stage2_gives_the_same_weights_whatever_the_process_rng(tmp_path):
 
     from lolcats_core import pipeline
     from lolcats_core.run_config import load_run_config
-    from service.tiny import make_tiny_base, tiny_tree
+    from service.tiny import tiny_tree
 
-    base = make_tiny_base(tmp_path / "base")
+    base, data_dir = tiny_base
 
     def cfg(run: str):
-        return load_run_config(tree={**tiny_tree("rng", base, tmp_path / run, max_steps=1),
-                                     "stage2": {"batch_size": 2, "max_steps": 1, "eval_every": 1,
-                                                "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"]}}})
+        tree = tiny_tree("rng", base, tmp_path / run, max_steps=1)
+        tree["data"]["cache_dir"] = str(data_dir)
+        return load_run_config(tree={**tree, "stage2": {"batch_size": 2, "max_steps": 1, "eval_every": 1,
+                                                        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj"]}}})
 
     data = pipeline.prepare_data(cfg("a"))
     stage1 = pipeline.attention_transfer_step(cfg("a"), data)

@@ -73,13 +73,15 @@ def test_resolve_keeps_the_best_retrieval_layers(tiny_lm, tokenizer):
         resolve_softmax_layers(LinearizeConfig(softmax_layers="retrieval:2"), tiny_lm, tokenizer, [160])
 
 
-def test_stage1_resolves_and_records_retrieval_layers(tmp_path):
+def test_stage1_resolves_and_records_retrieval_layers(tiny_base, tmp_path):
     from lolcats_core.checkpoint import load_linearized
     from lolcats_core.pipeline import attention_transfer_step, prepare_data
     from lolcats_core.run_config import load_run_config
-    from service.tiny import make_tiny_base, tiny_tree
+    from service.tiny import tiny_tree
 
-    tree = tiny_tree("retrieval", make_tiny_base(tmp_path), tmp_path, max_steps=1)
+    base, data_dir = tiny_base
+    tree = tiny_tree("retrieval", base, tmp_path, max_steps=1)
+    tree["data"]["cache_dir"] = str(data_dir)
     tree["linearize"]["softmax_layers"] = "retrieval:1"
     cfg = load_run_config(tree=tree)
     record = attention_transfer_step(cfg, prepare_data(cfg))
