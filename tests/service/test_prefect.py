@@ -1,5 +1,6 @@
-"""Prefect on the real server and worker: a deployment run through the `local` pool, task
-retries, and deploy/prefect.yaml deployed as written (pools, schedules, concurrency, pull step).
+"""Prefect on the real server and worker: a deployment run through the `local` pool (watched
+as the main job watches it), task retries, and deploy/prefect.yaml deployed as written (pools,
+schedules, concurrency, pull step).
 
 The flows below are loaded by the worker's flow-run processes too, so this module imports
 nothing heavy at the top.
@@ -20,13 +21,6 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
 
-@flow(name="lolcats-smoke")
-def smoke_flow(out: str, x: int = 1) -> int:
-    """Writes where and how it ran, so the test can tell the worker ran it."""
-    Path(out).write_text(json.dumps({"x": x, "pid": os.getpid(), "cwd": os.getcwd()}))
-    return x + 1
-
-
 @task
 def logging_step(n: int) -> int:
     from prefect import get_run_logger
@@ -35,10 +29,14 @@ def logging_step(n: int) -> int:
     return n
 
 
-@flow(name="lolcats-progress")
-def progress_flow() -> int:
-    """Two tasks that log, for the watcher's progress lines."""
-    return logging_step(1) + logging_step(2)
+@flow(name="lolcats-smoke")
+def smoke_flow(out: str, x: int = 1) -> int:
+    """Writes where and how it ran, so the test can tell the worker ran it; two tasks that log,
+    for the watcher's progress lines."""
+    Path(out).write_text(json.dumps({"x": x, "pid": os.getpid(), "cwd": os.getcwd()}))
+    logging_step(1)
+    logging_step(2)
+    return x + 1
 
 
 @flow(name="linearize")
@@ -56,39 +54,35 @@ def linearize_stand_in(preset: str, profile: str | None = None, record: str | No
     return preset
 
 
-def test_deployment_runs_through_the_worker(stack, tmp_path):
+def test_deployment_runs_through_the_worker_and_watch_prints_its_progress(stack, tmp_path, capsys):
+    """A deployment's run goes through the `local` pool's worker (in its subprocess, with the run's
+    parameters); `python -m flows.watch RUN` (the main job's wait) shows each task's states and the
+    run's log lines as they come, then the final state. One run: a worker run's start-up is most
+    of its time."""
+    from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
+
+    from flows import watch
 
     deployable = smoke_flow.from_source(source=str(HERE), entrypoint="test_prefect.py:smoke_flow")
     deployable.deploy(name="smoke", work_pool_name="local", print_next_steps=False,
                       ignore_warnings=True)
     out = tmp_path / "ran.json"
     t0 = time.monotonic()
-    run = run_deployment("lolcats-smoke/smoke", parameters={"out": str(out), "x": 41},
-                         timeout=120, poll_interval=1)
+    run = run_deployment("lolcats-smoke/smoke", parameters={"out": str(out), "x": 41}, timeout=0)
+    assert watch.main([str(run.id), "--timeout", "120"]) == 0
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(run.id)
     assert run.state.is_completed(), run.state
     assert run.work_pool_name == "local"
     ran = json.loads(out.read_text())
     assert ran["x"] == 41 and ran["pid"] != os.getpid()  # ran in the worker's subprocess
-    print(f"deployment run round trip: {time.monotonic() - t0:.1f} s")
-
-
-def test_watch_prints_task_states_and_log_lines_while_it_waits(stack, capsys):
-    """`python -m flows.watch RUN` (the main job's wait) shows each task's states and the run's
-    log lines as they come, then the final state."""
-    from prefect.deployments import run_deployment
-
-    from flows import watch
-
-    deployable = progress_flow.from_source(source=str(HERE), entrypoint="test_prefect.py:progress_flow")
-    deployable.deploy(name="progress", work_pool_name="local", print_next_steps=False, ignore_warnings=True)
-    run = run_deployment("lolcats-progress/progress", timeout=0)
-    assert watch.main([str(run.id), "--timeout", "120"]) == 0
-    out = capsys.readouterr().out
-    assert "task logging_step-" in out and ": Completed" in out
-    assert "progress step 1 of 2" in out and "progress step 2 of 2" in out
-    assert out.index("progress step 1 of 2") < out.index("progress step 2 of 2")
-    assert f"flow run {run.name}: Completed" in out
+    watched = capsys.readouterr().out
+    assert "task logging_step-" in watched and ": Completed" in watched
+    assert "progress step 1 of 2" in watched and "progress step 2 of 2" in watched
+    assert watched.index("progress step 1 of 2") < watched.index("progress step 2 of 2")
+    assert f"flow run {run.name}: Completed" in watched
+    print(f"deployment run round trip (watched): {time.monotonic() - t0:.1f} s")
 
 
 def test_task_that_fails_once_is_retried(stack, tmp_path):
