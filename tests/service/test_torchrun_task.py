@@ -21,6 +21,7 @@ def test_attention_transfer_task_runs_under_torchrun_with_2_processes(stack, tin
     from test_linearize_flow import _logs_with
 
     tree = tiny_tree("tiny-torchrun", tiny_root / "base", tmp_path, max_steps=4, eval_every=2)
+    tree["data"]["cache_dir"] = str(tiny_root / "data")  # the flow tests' data: prepared once per session
     cfg = load_run_config(tree=tree | {"distributed": {"gpus": 2}})
     data = pipeline.prepare_data(cfg)
     base = base_model_ref(cfg.model).to_dict()
