@@ -239,7 +239,7 @@ def test_killed_worker_run_is_crashed_and_the_next_run_resumes_from_its_checkpoi
     from tasks import artifacts
     from test_zombie_runs import heartbeats
 
-    tree = tiny_tree("tiny-kill", tiny_root / "base", tiny_root, max_steps=600, eval_every=100)
+    tree = tiny_tree("tiny-kill", tiny_root / "base", tiny_root, max_steps=300, eval_every=100)
     cfg = write_config(tiny_root / "tiny-kill.yaml", tree)
     linearize.from_source(source=str(REPO), entrypoint="flows/linearize.py:linearize").deploy(
         name="tiny-one-at-a-time", work_pool_name="local", parameters={"config": str(cfg)},
@@ -248,9 +248,9 @@ def test_killed_worker_run_is_crashed_and_the_next_run_resumes_from_its_checkpoi
         print_next_steps=False, ignore_warnings=True)
     name = "linearize/tiny-one-at-a-time"
     first = run_deployment(name, parameters={"config": str(cfg)}, timeout=0)
+    wait_for(lambda: heartbeats(stack, first.id) > 0, 120, "its first heartbeat (sent as it starts)", poll=0.5)
     key = wait_for(lambda: (k := _stage1_checkpoint_key(tiny_root, "tiny-kill")) and
-                    artifacts.is_complete(k) and k, 180, "the first shipped stage-1 checkpoint")
-    wait_for(lambda: heartbeats(stack, first.id) > 0, 30, "its first heartbeat", poll=0.5)
+                    artifacts.is_complete(k) and k, 180, "the first shipped stage-1 checkpoint", poll=0.05)
     stage1 = next((tiny_root / "runs" / "tiny-kill").glob("stage1-*"))
     assert not (stage1 / "done.json").exists(), "stage 1 finished before the kill: lengthen it"
     worker = stack.pid("worker")
@@ -281,12 +281,12 @@ def test_killed_worker_run_is_crashed_and_the_next_run_resumes_from_its_checkpoi
     assert run.state.is_completed(), (run.state, logs[-3000:])
     assert "attention_transfer: resuming from the step-" in logs and "(downloaded from S3)" in logs, logs[-3000:]
     resumed_at = int(re.search(r"resuming from the step-(\d+) checkpoint", logs).group(1))
-    assert 100 <= resumed_at < 600
+    assert 100 <= resumed_at < 300
     prepare = [t for n, t in _task_runs(second.id).items() if n.startswith("prepare_data")]
     assert [t.state.name for t in prepare] == ["Cached"]  # data preparation reused
     assert {p: p.stat().st_mtime_ns for p in data_manifests} == data_manifests
     done = json.loads((stage1 / "done.json").read_text())
-    assert done["steps"] == 600 and done["history"][0]["step"] == 100  # history kept across the kill
+    assert done["steps"] == 300 and done["history"][0]["step"] == 100  # history kept across the kill
     assert len(_versions("lolcats-tiny-kill")) == 1
     assert key
     print(f"next run completed {time.monotonic() - killed:.1f} s after the kill")
