@@ -177,7 +177,7 @@ def test_s3_outage_mid_run_is_retried_and_nothing_partial_registered(stack, tiny
         s3_down.wait(120)  # set by the test once S3 is down
 
     monkeypatch.setattr(step_artifacts, "ship_checkpoint", ship_then_wait_for_the_outage)
-    tree = tiny_tree("tiny-s3", tiny_root / "base", tiny_root, max_steps=200, eval_every=100)
+    tree = tiny_tree("tiny-s3", tiny_root / "base", tiny_root, max_steps=150, eval_every=100)
     cfg = write_config(tiny_root / "tiny-s3.yaml", tree)
     result, ctx = {}, contextvars.copy_context()  # the stack's Prefect settings live in a contextvar
     th = threading.Thread(target=lambda: ctx.run(
