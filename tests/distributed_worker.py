@@ -2,6 +2,7 @@
 
     python tests/distributed_worker.py STAGE OUT [--steps N] [--grad-accum G]
     torchrun --nproc-per-node 2 tests/distributed_worker.py STAGE OUT ...
+    torchrun --nproc-per-node 2 tests/distributed_worker.py STAGE[:G],STAGE[:G],... OUT ...
 
 STAGE is `transfer` (stage 1, block-wise under torchrun), `lora` (stage 2, data parallel),
 `fsdp` (stage 2, data parallel with the weights sharded; single-process: as `lora`) or
@@ -12,6 +13,9 @@ written by the first process. Rank 0 (or the single process) writes OUT/params.s
 (the trained parameters, and for stage 1 the held-out MSE per layer as `mse.<layer>`, for
 stage 2 the held-out loss of every evaluation as `eval_loss`); `memory` has every rank r
 write OUT/materialised-<r>.json instead: the parameters its models held, by part.
+Several stages (comma-separated, each with its own gradient accumulation G, else --grad-accum)
+run one after another in one launch and one process group, each from its own files, as above
+but under OUT/<STAGE>/ (torchrun's start-up is most of a tiny stage's time).
 """
 
 import argparse
@@ -104,10 +108,8 @@ def memory(out: Path, ranks) -> None:
     report(out, ranks, transfer=transfer, fsdp_loaded=loaded, fsdp_sharded=materialised(model))
 
 
-def run(stage: str, out: Path, steps: int, grad_accum: int) -> None:
-    ranks = torchrun_ranks()
-    if ranks is not None:
-        join_process_group(ranks, "cpu")
+def run(stage: str, out: Path, steps: int, grad_accum: int, ranks=None) -> None:
+    """One stage; `ranks` (torchrun's, process group joined): distributed, else in this process."""
     if stage == "memory":
         return memory(out, ranks)
     base, stage1 = prepare(out, ranks)
@@ -139,10 +141,17 @@ def run(stage: str, out: Path, steps: int, grad_accum: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("stage", choices=["transfer", "lora", "fsdp", "memory"])
+    parser.add_argument("stages", help="STAGE or STAGE[:G],STAGE[:G],... (STAGE: transfer, lora, fsdp or memory)")
     parser.add_argument("out", type=Path)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--grad-accum", type=int, default=1)
     args = parser.parse_args()
+    jobs = [(name, int(g) if g else args.grad_accum) for name, _, g in (j.partition(":") for j in args.stages.split(","))]
+    if bad := [name for name, _ in jobs if name not in ("transfer", "lora", "fsdp", "memory")]:
+        parser.error(f"unknown stage {bad[0]!r}")
     logging.basicConfig(level=logging.INFO)
-    run(args.stage, args.out, args.steps, args.grad_accum)
+    ranks = torchrun_ranks()
+    if ranks is not None:
+        join_process_group(ranks, "cpu")
+    for name, grad_accum in jobs:
+        run(name, args.out / name if len(jobs) > 1 else args.out, args.steps, grad_accum, ranks)

@@ -28,13 +28,6 @@ def _launch(stage: str, out: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run(stage: str, out: Path, *args: str) -> dict[str, torch.Tensor]:
-    proc = _launch(stage, out, *args)
-    output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output[-3000:]
-    return load_file(out / "params.safetensors")
-
-
 def _single(stage: str, out: Path, steps: int = 4, grad_accum: int = 1) -> dict[str, torch.Tensor]:
     """The same stage in this process (no torchrun)."""
     run(stage, out, steps, grad_accum)
@@ -56,14 +49,32 @@ def test_layer_blocks_are_contiguous_and_balanced():
         layer_blocks([1.0, 1.0], 3)
 
 
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory) -> Path:
+    """One torchrun launch (2 ranks, one process group) running stage 1 block-wise, stage 2 data
+    parallel and stage 2 sharded (2 accumulation steps x 2 rows per rank), then `memory`, each
+    from its own files under OUT/<stage>/: OUT. Start-up is most of a launch's time."""
+    out = tmp_path_factory.mktemp("multi")
+    proc = _launch("transfer,lora:2,fsdp:2,memory", out)
+    output, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, output[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_stage2(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """Stage 2 in this process with 4 accumulation steps: the reference of both the data-parallel
+    and the sharded runs (single-process, `fsdp` is `lora`)."""
+    return _single("lora", tmp_path_factory.mktemp("single"), grad_accum=4)
+
+
 @pytest.mark.slow
-def test_blockwise_stage1_equals_the_single_process_run(tmp_path):
+def test_blockwise_stage1_equals_the_single_process_run(multi, tmp_path):
     """4 layers (layer 1 kept softmax) in blocks 0-1 and 2-3: per-layer MSE and every trained
     feature-map and gate weight equal the single-process run's."""
-    multi = _run("transfer", tmp_path / "multi")
     single = _single("transfer", tmp_path / "single")
     assert {k for k in single if k.startswith("mse.")} == {"mse.0", "mse.2", "mse.3"}
-    _assert_close(single, multi, atol=1e-6)
+    _assert_close(single, load_file(multi / "transfer" / "params.safetensors"), atol=1e-6)
 
 
 SKEWS = [  # the trainer states ranks 0 and 1 hold ({"last" | "last.tmp" | "broken": step}), and the common step
@@ -110,39 +121,33 @@ def test_blockwise_ranks_resume_at_the_newest_common_step(tmp_path):
 
 
 @pytest.mark.slow
-def test_data_parallel_stage2_equals_the_single_process_run_at_the_same_global_batch(tmp_path):
+def test_data_parallel_stage2_equals_the_single_process_run_at_the_same_global_batch(multi, single_stage2):
     """2 ranks x 2 accumulation steps x 2 rows against one process with 4 accumulation steps.
     Sums in another order differ by fp32 rounding, which Adam's first steps can amplify in
     elements whose gradients are near zero (lora_A after a zero lora_B): atol 1e-5 on values ~0.1."""
-    multi = _run("lora", tmp_path / "multi", "--grad-accum", "2")
-    single = _single("lora", tmp_path / "single", grad_accum=4)
-    _assert_close(single, multi, atol=1e-5)
+    _assert_close(single_stage2, load_file(multi / "lora" / "params.safetensors"), atol=1e-5)
 
 
 @pytest.mark.slow
-def test_fsdp_stage2_equals_the_single_process_run_at_the_same_global_batch(tmp_path):
+def test_fsdp_stage2_equals_the_single_process_run_at_the_same_global_batch(multi, single_stage2):
     """FSDP2 (frozen weights sharded over 2 gloo ranks, LoRA replicated), 2 ranks x 2 accumulation
     steps x 2 rows against one process with 4 accumulation steps: held-out losses and LoRA
     weights within fp32 tolerance (as for DDP)."""
-    multi = _run("fsdp", tmp_path / "multi", "--grad-accum", "2")
-    single = _single("fsdp", tmp_path / "single", grad_accum=4)
+    single = {k: v for k, v in single_stage2.items() if k == "eval_loss" or "lora_" in k}  # what FSDP saves
     assert len(single["eval_loss"]) == 2 and any(k.endswith("lora_B.default.weight") for k in single)
-    _assert_close(single, multi, atol=1e-5)
+    _assert_close(single, load_file(multi / "fsdp" / "params.safetensors"), atol=1e-5)
 
 
 @pytest.mark.slow
-def test_each_rank_materialises_only_its_share_of_the_base_model(tmp_path):
+def test_each_rank_materialises_only_its_share_of_the_base_model(multi):
     """Under torchrun a rank reads only what it uses from the model's files, the rest of its
     model staying on the meta device: for block-wise stage 1 its block of layers (rank 0 also
     the token embeddings; nobody the final norm or the output head), for sharded stage 2
     nothing on ranks > 0 until rank 0's weights fill their shards, half of every tensor each."""
     from transformers import AutoModelForCausalLM
 
-    proc = _launch("memory", tmp_path)
-    output, _ = proc.communicate(timeout=240)
-    assert proc.returncode == 0, output[-3000:]
-    ranks = [json.loads((tmp_path / f"materialised-{r}.json").read_text()) for r in range(2)]
-    whole = AutoModelForCausalLM.from_pretrained(tmp_path / "base")
+    ranks = [json.loads((multi / "memory" / f"materialised-{r}.json").read_text()) for r in range(2)]
+    whole = AutoModelForCausalLM.from_pretrained(multi / "memory" / "base")
     sizes: dict[str, int] = {}
     for name, p in whole.named_parameters():
         part = ".".join(name.split(".")[:3 if name.startswith("model.layers.") else 2])
