@@ -131,7 +131,8 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ra
     ranks: under torchrun, each rank trains one block of layers: it reads only its block's
     weights (`load_rank_block`, on the host) and moves them to the device.
     """
-    out = stage1_dir(cfg, base_model_ref(cfg.model).fingerprint, data.fingerprint)
+    base_ref = base_model_ref(cfg.model)
+    out = stage1_dir(cfg, base_ref.fingerprint, data.fingerprint)
     if (done := read_done(out)) is not None:
         log.info("stage 1 already done: %s", out)
         return done
@@ -143,7 +144,7 @@ def attention_transfer_step(cfg: RunConfig, data: PreparedData, on_eval=None, ra
     if ranks is None:
         model, tokenizer, ref = load_base_model(cfg.model, dtype=cfg.torch_dtype(), device=device)
     else:  # the softmax layers are those of the config (retrieval scores are refused above)
-        model, tokenizer, ref = load_rank_block(cfg.model, cfg.linearize, ranks, cfg.torch_dtype())
+        model, tokenizer, ref = load_rank_block(cfg.model, cfg.linearize, ranks, cfg.torch_dtype(), ref=base_ref)
     out.mkdir(parents=True, exist_ok=True)
     lin, retrieval = resolve_softmax_layers(cfg.linearize, model, tokenizer, cfg.eval.passkey_lengths)
     if retrieval is not None:

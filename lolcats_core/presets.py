@@ -353,19 +353,20 @@ def resolve(name_or_path: str) -> tuple[str, str]:
 
 def load_base_model(
     name_or_path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-    revision: str | None = None,
+    revision: str | None = None, ref: BaseModelRef | None = None,
 ):
     """Load a base causal LM and its tokenizer (None for a directory without one).
 
     device "meta": the model's structure only, no weight read (`weights.empty_model`; fill
-    parts with `weights.load_parts` from `base_weights_dir`), its fingerprint read from the files.
+    parts with `weights.load_parts` from `base_weights_dir`), its fingerprint read from the
+    files unless the caller passes the model's `ref` (from `base_model_ref`).
 
     Returns (model, tokenizer, BaseModelRef); the ref is also stored as `config.lolcats_base`.
     """
     source, rev = resolve(name_or_path)
     kwargs = {} if Path(source).is_dir() else {"revision": revision or rev}
     if str(device) == "meta":
-        ref = _file_ref(name_or_path, revision)
+        ref = ref or _file_ref(name_or_path, revision)
         if ref is None:
             raise ConfigError(f"{name_or_path!r} has no safetensors weights to read piecewise")
         model = empty_model(AutoConfig.from_pretrained(source, **kwargs), dtype)

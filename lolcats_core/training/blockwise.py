@@ -36,12 +36,12 @@ from ..config import LinearizeConfig
 from ..convert import base_model, decoder_layers, linearized_attentions
 from ..distributed import Ranks, layer_blocks
 from ..errors import ConfigError
-from ..presets import base_weights_dir, load_base_model
+from ..presets import BaseModelRef, base_weights_dir, load_base_model
 from ..weights import load_parts
-from .execution import compiled, compiled_layers
+from .execution import compiled_layers
 from .loop import BatchSource, TrainConfig, TrainResult, restore_best, train_loop
 from .state import saved_states, settle_train_state
-from .transfer import attention_state_names, transfer_mode, transfer_mse
+from .transfer import attention_state_names, transfer_mode, transfer_step
 
 log = logging.getLogger("lolcats.training")
 
@@ -73,14 +73,16 @@ def rank_block(model: nn.Module, ranks: Ranks) -> range:
     return layer_block(len(decoder_layers(model)), [a.layer_idx for a in linearized_attentions(model)], ranks)
 
 
-def load_rank_block(name_or_path: str, lin: LinearizeConfig, ranks: Ranks, dtype: torch.dtype):
+def load_rank_block(name_or_path: str, lin: LinearizeConfig, ranks: Ranks, dtype: torch.dtype,
+                    ref: BaseModelRef | None = None):
     """The base model (to linearize with `lin`) with only what rank's block needs read from
     its files: the block's decoder layers, and the token embeddings for the first block (the
     others start from hidden states). The other weights stay on the meta device.
 
+    ref: the base model's `BaseModelRef` when the caller has it (else read from the files).
     Returns (model, tokenizer, BaseModelRef) as `load_base_model`.
     """
-    model, tokenizer, ref = load_base_model(name_or_path, dtype=dtype, device="meta")
+    model, tokenizer, ref = load_base_model(name_or_path, dtype=dtype, device="meta", ref=ref)
     num_layers = len(decoder_layers(model))
     block = layer_block(num_layers, set(range(num_layers)) - set(lin.softmax_layer_indices(num_layers)), ranks)
     inner = base_model(model).model
@@ -178,14 +180,7 @@ def blockwise_attention_transfer(
     params = {n: p for n, p in every.items() if id(p) in own}
     eval_batches = list(eval_batches)
     pipe = BlockPipe(model, ranks, device)
-    loss_fn = compiled(transfer_mse, cfg.compile)
-
-    def step(batch: dict, scale: float) -> dict:
-        model.train()
-        with torch.no_grad(), transfer_mode(model, train=True, scale=scale, mse=loss_fn) as record:
-            pipe.run(batch["input_ids"])
-        per_layer = [s / n for s, n in record.totals().values()]
-        return {"loss": sum(per_layer) / len(per_layer)}  # this block's layers
+    step = transfer_step(model, pipe.run, cfg.compile)  # the loss of this block's layers
 
     def all_layer_mse() -> dict[int, float]:
         model.eval()

@@ -7,7 +7,7 @@ as its forward is done: only one layer's graph is alive at a time.
 """
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -91,6 +91,25 @@ def layer_mse(model: nn.Module, batches: Iterable[dict], device) -> dict[int, fl
     return {layer: s / n for layer, (s, n) in record.totals().items()}
 
 
+def transfer_step(model: nn.Module, forward: Callable[[torch.Tensor], object], compile: bool) -> Callable:
+    """The stage-1 training step for `train_loop`: `forward(input_ids)` runs the decoder (or a
+    rank's block of it) in transfer mode, each layer's MSE (through torch.compile when `compile`)
+    backpropagated inside the layer; the step's loss is the mean MSE over the layers that ran.
+
+    input_ids: (B, T). Returns step(batch, scale) -> {"loss": float}.
+    """
+    loss_fn = compiled(transfer_mse, compile)
+
+    def step(batch: dict, scale: float) -> dict:
+        model.train()
+        with torch.no_grad(), transfer_mode(model, train=True, scale=scale, mse=loss_fn) as record:
+            forward(batch["input_ids"])
+        per_layer = [s / n for s, n in record.totals().values()]
+        return {"loss": sum(per_layer) / len(per_layer)}
+
+    return step
+
+
 def attention_transfer(
     model: nn.Module,
     train_batches: BatchSource,
@@ -106,14 +125,8 @@ def attention_transfer(
     params = attention_state_names(model)
     device = next(iter(params.values())).device
     eval_batches = list(eval_batches)
-    loss_fn = compiled(transfer_mse, cfg.compile)
-
-    def step(batch: dict, scale: float) -> dict:
-        model.train()
-        with torch.no_grad(), transfer_mode(model, train=True, scale=scale, mse=loss_fn) as record:
-            base_model(model).model(input_ids=batch["input_ids"].to(device), use_cache=False)
-        per_layer = [s / n for s, n in record.totals().values()]
-        return {"loss": sum(per_layer) / len(per_layer)}
+    step = transfer_step(model, lambda ids: base_model(model).model(input_ids=ids.to(device), use_cache=False),
+                         cfg.compile)
 
     def evaluate() -> tuple[float, dict]:
         mse = layer_mse(model, eval_batches, device)
