@@ -20,7 +20,8 @@ from .perplexity import perplexity
 
 logger = logging.getLogger(__name__)
 LEGEND = ("above 1 is better for accuracies, below 1 for perplexities; ± one standard error; tie: the "
-          "difference is at most two standard errors, 2 * sqrt(se_a^2 + se_b^2)")
+          "difference is at most two standard errors, 2 * sqrt(se_a^2 + se_b^2), or for code tasks "
+          "solved on the same problems two standard errors of the per-problem (paired) differences")
 
 
 def evaluate_model(
@@ -181,14 +182,35 @@ def _task_label(task: str, entry: Mapping) -> str:
     return f"{task} ({entry['primary_metric']}{shots})"
 
 
+def paired_stderrs(a: Mapping, b: Mapping) -> dict[str, float]:
+    """Standard errors (percentage points) of b - a for the code tasks both reports ran on the
+    same problems: the spread of the per-problem differences (passed in b minus passed in a)
+    over sqrt(problems). Two models failing and passing mostly the same problems differ
+    with far less noise than their two independent standard errors suggest."""
+    errors = {}
+    for task, entry in b.get("code", {}).items():
+        other = a.get("code", {}).get(task, {})
+        mine = {p["task_id"]: p["passed"] for p in entry.get("problems", [])}
+        theirs = {p["task_id"]: p["passed"] for p in other.get("problems", [])}
+        if len(mine) < 2 or mine.keys() != theirs.keys():
+            continue
+        diffs = [int(mine[k]) - int(theirs[k]) for k in mine]
+        mean = sum(diffs) / len(diffs)
+        var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+        errors[f"{task} (pass@1)"] = 100 * math.sqrt(var / len(diffs))
+    return errors
+
+
 def comparison_table(reports: Mapping[str, Mapping]) -> str:
     """Markdown table, one column per report (e.g. teacher and each linearized row), values
     ± their standard error; every column after the first also shows its ratio to the first
-    column's value and "tie" where the two differ by at most two standard errors."""
+    column's value and "tie" where the two differ by at most two standard errors (paired for
+    code tasks on the same problems, `paired_stderrs`)."""
     rows = {name: summary_metrics(r) for name, r in reports.items()}
     errors = {name: summary_stderrs(r) for name, r in reports.items()}
     first = next(iter(reports))
     ratios = {name: recovery(reports[first], r) for name, r in reports.items()}
+    paired = {name: paired_stderrs(reports[first], r) for name, r in reports.items()}
     metrics = list(dict.fromkeys(m for row in rows.values() for m in row))
     lines = ["| metric | " + " | ".join(rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for metric in metrics:
@@ -196,7 +218,7 @@ def comparison_table(reports: Mapping[str, Mapping]) -> str:
         for name, row in rows.items():
             cell = _cell(row.get(metric), errors[name].get(metric))
             if name != first and metric in ratios[name]:
-                tie = ", tie" if _tie(metric, rows[first], row, errors[first], errors[name]) else ""
+                tie = ", tie" if _tie(metric, rows[first], row, errors[first], errors[name], paired[name]) else ""
                 cell += f" ({ratios[name][metric]:.3f}x{tie})"
             cells.append(cell)
         lines.append(f"| {metric} | " + " | ".join(cells) + " |")
@@ -209,20 +231,24 @@ def compare_reports(teacher: Mapping, student: Mapping, names: tuple[str, str] =
     student/teacher."""
     a, b = summary_metrics(teacher), summary_metrics(student)
     se_a, se_b = summary_stderrs(teacher), summary_stderrs(student)
+    paired = paired_stderrs(teacher, student)
     ratios = recovery(teacher, student)
     lines = [f"| metric | {names[0]} | {names[1]} | delta | {names[1]}/{names[0]} |", "|---|---|---|---|---|"]
     for metric in dict.fromkeys([*a, *b]):
         delta = b[metric] - a[metric] if metric in a and metric in b else None
         sign = "" if delta is None or delta < 0 else "+"
-        tie = " (tie)" if _tie(metric, a, b, se_a, se_b) else ""
+        tie = " (tie)" if _tie(metric, a, b, se_a, se_b, paired) else ""
         ratio = "-" if metric not in ratios else f"{ratios[metric]:.3f}"
         values = f"{_cell(a.get(metric), se_a.get(metric))} | {_cell(b.get(metric), se_b.get(metric))}"
         lines.append(f"| {metric} | {values} | {sign}{_cell(delta)}{tie} | {ratio} |")
     return "\n".join([*lines, "", f"{names[1]}/{names[0]}: ratio of the values; {LEGEND}"])
 
 
-def _tie(metric: str, a: Mapping, b: Mapping, se_a: Mapping, se_b: Mapping) -> bool:
-    """Both values have a standard error and differ by at most two combined standard errors."""
+def _tie(metric: str, a: Mapping, b: Mapping, se_a: Mapping, se_b: Mapping, paired: Mapping) -> bool:
+    """The values differ by at most two standard errors of their difference: the paired one
+    where there is one, else both values' combined."""
+    if metric in paired:
+        return abs(b[metric] - a[metric]) <= 2 * paired[metric]
     if metric not in se_a or metric not in se_b:
         return False
     return abs(b[metric] - a[metric]) <= 2 * math.hypot(se_a[metric], se_b[metric])
