@@ -138,17 +138,19 @@ def is_checkpoint(path: str | Path) -> bool:
     return cfg.exists() and json.loads(cfg.read_text()).get("model_type") == "lolcats"
 
 
-def load_for_inference(name: str, linearize_untrained: LinearizeConfig | None = None, device: str = "cpu"):
-    """(model, tokenizer) for a lolcats checkpoint, a preset or a base-model path; a base model
-    is linearized with untrained feature maps when `linearize_untrained` is given."""
+def load_for_inference(name: str, linearize_untrained: LinearizeConfig | None = None, device: str = "cpu",
+                       dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a lolcats checkpoint, a preset or a base-model path, on `device` in
+    `dtype`; a base model is linearized with untrained feature maps when `linearize_untrained`
+    is given."""
     if is_checkpoint(name):
-        model = load_linearized(name, device=device)
+        model = load_linearized(name, dtype=dtype, device=device)
         d = Path(name)
         base = json.loads((d / "config.json").read_text())["base_model"]["id"]
         has_tok = any((d / f).exists() for f in TOKENIZER_FILES)
         tokenizer = AutoTokenizer.from_pretrained(d if has_tok else resolve(base)[0])
         return model, tokenizer
-    model, tokenizer, _ = load_base_model(name, dtype=torch.float32, device=device)
+    model, tokenizer, _ = load_base_model(name, dtype=dtype, device=device)
     if linearize_untrained is not None:
         linearize(model, linearize_untrained)
     return model.eval(), tokenizer

@@ -179,7 +179,7 @@ def cmd_evaluate(args) -> None:
                 if is_checkpoint(args.model) else args.model)
         tree = {"name": "evaluate", "model": base, "data": {"train_tokens": 1024, "seq_len": 1024}}
         cfg = load_run_config(tree=tree, overrides=args.set)
-    model, tok = load_for_inference(args.model)
+    model, tok = load_for_inference(args.model, device=cfg.resolved_device(), dtype=cfg.torch_dtype())
     data = prepare_data(cfg)
     eval_cfg = EvalConfig(**{**cfg.eval.__dict__, "output_dir": args.output_dir})
     with torch.no_grad():

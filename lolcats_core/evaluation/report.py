@@ -44,7 +44,7 @@ def evaluate_model(
             neither, `config.ood_perplexity` is skipped with a warning).
 
     Returns:
-        {"name", "config", "parameters", "perplexity": {...}, "passkey": {...},
+        {"name", "config", "parameters", "device", "dtype", "perplexity": {...}, "passkey": {...},
          "lm_eval": {task: {...}}, "zero_shot_average", "code": {task: {...}}, "figures": {...},
          "seconds": {...}}
         with the sections of the evaluations that ran; "ood_perplexity" is like "perplexity"
@@ -60,6 +60,8 @@ def evaluate_model(
         "name": name,
         "config": asdict(config),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "device": _device_name(model),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "figures": {},
         "seconds": {},
     }
@@ -115,6 +117,12 @@ def evaluate_model(
         }
         report["seconds"]["code"] = round(time.perf_counter() - start, 2)
     return report
+
+
+def _device_name(model: torch.nn.Module) -> str:
+    """Where the model's weights are: "cpu", or "cuda:0 (NVIDIA H200)"."""
+    device = next(model.parameters()).device
+    return f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
 
 
 def summary_metrics(report: Mapping, teacher: Mapping | None = None) -> dict[str, float]:

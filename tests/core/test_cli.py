@@ -58,10 +58,12 @@ def test_evaluate_a_checkpoint_without_a_config(tiny_model_dir, smollm2_dir, tmp
     save_linearized(model, tmp_path / "full", tokenizer=tok, merge_lora=True)
     argv = ["evaluate", "--model", str(tmp_path / "full"), "--set", "model=smollm2-135m",
             "--set", "eval.passkey=false", "--set", "eval.tasks=[piqa]", "--set", "eval.limit=3",
-            "--set", "data.val_tokens=2048", "--set", f"data.cache_dir={tmp_path / 'data'}"]
+            "--set", "data.val_tokens=2048", "--set", f"data.cache_dir={tmp_path / 'data'}",
+            "--set", "dtype=bfloat16"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["perplexity"]["perplexity"] > 1 and "piqa" in report["lm_eval"]
+    assert (report["device"], report["dtype"]) == ("cpu", "bfloat16")  # the config's, not a fixed one
 
 
 def test_summary_stage_rows_give_the_throughput():
