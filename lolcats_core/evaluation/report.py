@@ -198,8 +198,8 @@ def paired_stderrs(a: Mapping, b: Mapping) -> dict[str, float]:
     errors = {}
     for task, entry in b.get("code", {}).items():
         other = a.get("code", {}).get(task, {})
-        mine = {p["task_id"]: p["passed"] for p in entry.get("problems", [])}
-        theirs = {p["task_id"]: p["passed"] for p in other.get("problems", [])}
+        mine = {p["task_id"]: p["status"] == "passed" for p in entry.get("problems", [])}
+        theirs = {p["task_id"]: p["status"] == "passed" for p in other.get("problems", [])}
         if len(mine) < 2 or mine.keys() != theirs.keys():
             continue
         diffs = [int(mine[k]) - int(theirs[k]) for k in mine]

@@ -241,7 +241,7 @@ def test_code_rows_on_the_same_problems_are_compared_by_paired_differences():
 
     def code(passed: set[int]) -> dict:
         p = len(passed) / 164
-        problems = [{"task_id": t, "passed": i in passed} for i, t in enumerate(ids)]
+        problems = [{"task_id": t, "status": "passed" if i in passed else "failed"} for i, t in enumerate(ids)]
         return {"code": {"humaneval": {"pass@1": p, "stderr": (p * (1 - p) / 163) ** 0.5, "n": 164,
                                        "problems": problems}}}
 
