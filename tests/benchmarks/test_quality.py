@@ -44,3 +44,13 @@ def test_a_row_out_of_memory_beside_others_runs_again_alone(tmp_path, monkeypatc
     assert "gate-liger: exit 1" in out and "gate-liger: out of GPU memory" not in out  # other errors: no rerun
     assert len((tmp_path / "start-gate-liger").read_text().split()) == 1
     assert "OutOfMemoryError" in (tmp_path / "log-sinks.txt").read_text()  # the first attempt's log is kept
+
+
+def test_training_free_rows_use_the_window_of_the_trained_rows():
+    """A baseline at a narrower window than the trained rows would flatter them."""
+    for base, window in (("configs/smollm2-135m.yaml", 64), ("configs/qwen2.5-0.5b.yaml", 256)):
+        args = argparse.Namespace(base=base, profile="gpu", out="/tmp/unused", set=[])
+        cfgs = {row: quality._cfg(row, args) for row in ("window", "window-sinks", "lolcats", "sinks-gate")}
+        assert {c.linearize.window for c in cfgs.values()} == {window}, base
+        assert (cfgs["window"].linearize.sinks, cfgs["window-sinks"].linearize.sinks) == (0, 4)
+        assert not cfgs["window-sinks"].stage1.enabled and cfgs["lolcats"].stage1.enabled
