@@ -8,8 +8,9 @@ Prepares the data once (`prepare` alone does only that), evaluates the teacher o
 row (stage 1, stage 2, student evaluation) as a separate process — dealt round-robin to the
 visible GPUs, at most --per-gpu at a time on each (default 1; a row that runs out of GPU
 memory beside others runs once more, alone, after them) — then writes DIR/results.md
-(the table, tokens, trainable parameters, wall time per stage, device, command) and
-DIR/results.json. Rows: the files configs/ablations/ROW.yaml, each laid over the --base config
+(every row against the teacher, the trained rows against the strongest training-free row,
+tokens, trainable parameters, wall time per stage, device, command) beside each row's full
+record, DIR/row-ROW.json. Rows: the files configs/ablations/ROW.yaml, each laid over the --base config
 (the model's own config and profiles); the teacher is evaluated with the `lolcats` row's data.
 """
 
@@ -27,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 ROWS = sorted(p.stem for p in (ROOT / "configs" / "ablations").glob("*.yaml"))
 ALL = ["teacher", *ROWS]
+BASELINES = ("window-sinks", "window")  # training-free rows, the strongest first
 
 
 def _cfg(row: str, args):
@@ -80,14 +82,28 @@ def cmd_report(args) -> None:
                      f"{s2['trainable_parameters']:,} | {s1['seconds']} | {s2['seconds']} |")
     if not rows:
         raise SystemExit(f"no finished rows under {out} (see the log-*.txt files)")
+    reports = {k: v["report"] for k, v in rows.items()}
     text = "\n".join([
-        comparison_table({k: v["report"] for k, v in rows.items()}), "", *lines, "",
+        comparison_table(reports), "", *baseline_table(reports), *lines, "",
         f"device: {device}; torch {torch.__version__}; wall time of the whole benchmark "
         f"{args.elapsed:.0f} s (rows {' '.join(args.rows)} over {max(torch.cuda.device_count(), 1)} device(s), "
         f"{args.per_gpu or 'all'} at a time per device)", "",
         f"command: `{cmd}`"])
     (out / "results.md").write_text(text + "\n")
     print(text)
+
+
+def baseline_table(reports: dict) -> list[str]:
+    """Lines of a second table: the trained rows against the strongest training-free row
+    present (`window-sinks`, else `window`), the baseline a linearization has to beat; none
+    when there is no baseline or no trained row."""
+    from lolcats_core.evaluation import comparison_table
+
+    base = next((r for r in BASELINES if r in reports), None)
+    trained = {k: v for k, v in reports.items() if k not in ("teacher", *BASELINES)}
+    if base is None or not trained:
+        return []
+    return [f"Against the training-free `{base}` row:", "", comparison_table({base: reports[base], **trained}), ""]
 
 
 def cmd_prepare(args) -> None:

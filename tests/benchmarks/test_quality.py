@@ -54,3 +54,29 @@ def test_training_free_rows_use_the_window_of_the_trained_rows():
         assert {c.linearize.window for c in cfgs.values()} == {window}, base
         assert (cfgs["window"].linearize.sinks, cfgs["window-sinks"].linearize.sinks) == (0, 4)
         assert not cfgs["window-sinks"].stage1.enabled and cfgs["lolcats"].stage1.enabled
+
+
+def test_the_report_compares_trained_rows_with_the_training_free_baseline(tmp_path):
+    """results.md holds a second table against `window-sinks`, where a code difference the
+    independent standard errors call a tie is resolved per problem."""
+    import json
+
+    ids = [f"HumanEval/{i}" for i in range(164)]
+
+    def row(passed: range, trained: bool) -> dict:
+        p = len(passed) / 164
+        code = {"pass@1": p, "stderr": (p * (1 - p) / 164) ** 0.5, "n": 164,
+                "problems": [{"task_id": t, "status": "passed" if i in passed else "failed"} for i, t in enumerate(ids)]}
+        stage = {"tokens": 1024 if trained else 0, "trainable_parameters": 10 if trained else 0, "seconds": 1.0}
+        return {"stage1": stage, "stage2": stage, "report": {"code": {"humaneval": code}}}
+
+    for name, passed, trained in (("window-sinks", range(76), False), ("lolcats", range(90), True)):
+        (tmp_path / f"row-{name}.json").write_text(json.dumps(row(passed, trained)))
+    (tmp_path / "row-teacher.json").write_text(json.dumps({"report": row(range(92), False)["report"]}))
+    args = argparse.Namespace(out=str(tmp_path), base="configs/qwen2.5-0.5b.yaml", profile="gpu", set=[],
+                              rows=["teacher", "window-sinks", "lolcats"], per_gpu=1, elapsed=1.0)
+    quality.cmd_report(args)
+    text = (tmp_path / "results.md").read_text()
+    first, second = text.split("Against the training-free `window-sinks` row:")
+    assert "| humaneval (pass@1) | 56.10 ± 3.88 | 54.88 ± 3.89 (0.978x, tie) | 46.34 ± 3.89 (0.826x) |" in first
+    assert "| humaneval (pass@1) | 46.34 ± 3.89 | 54.88 ± 3.89 (1.184x) |" in second  # 14 more, none fewer
