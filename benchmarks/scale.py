@@ -52,13 +52,19 @@ head costs less on real data). The fp32 feature-map matmuls run on TF32, not bf1
 Under torchrun, stage 1 splits the layers into one block per rank
 (`lolcats_core.training.blockwise`) and every rank runs the whole global step's micro-batches
 through its block; stage 2 splits the data (each rank micro-batch x grad_accum per step, the
-global step that times the number of ranks). tokens/s are the whole job's, TFLOP/s per GPU
+global step that times the number of ranks). Each rank builds only what its stage needs, as
+`lolcats train` under torchrun loads it: for stage 1 its block of layers (and, on the first
+block, the embeddings) with random weights, the rest on the meta device; for stage 2 with
+--parallel fsdp the whole model on rank 0's host and on the meta device elsewhere (rank 0
+broadcasts the shards); with ddp the whole model on every GPU. tokens/s are the whole job's, TFLOP/s per GPU
 (the job's over the ranks; the peak is one GPU's); peak memory is the
 largest rank's (every rank's in `peak_gpu_memory_bytes_per_rank`); rank 0 writes the results.
 """
 
 import argparse
 import contextlib
+import copy
+import gc
 import json
 import os
 import platform
@@ -80,7 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lolcats_core.config import LinearizeConfig  # noqa: E402
-from lolcats_core.convert import linearize, linearized_attentions  # noqa: E402
+from lolcats_core.convert import base_model, linearize, linearized_attentions  # noqa: E402
 from lolcats_core.distributed import Ranks, join_process_group, torchrun_ranks  # noqa: E402
 from lolcats_core.errors import ConfigError  # noqa: E402
 from lolcats_core.lora import add_lora, lora_parameter_count  # noqa: E402
@@ -88,10 +94,11 @@ from lolcats_core.memory import fit_run_config  # noqa: E402
 from lolcats_core.presets import PRESETS, model_config  # noqa: E402
 from lolcats_core.run_config import RunConfig, StageConfig, load_run_config  # noqa: E402
 from lolcats_core.training import attention_transfer, lora_adjust  # noqa: E402
-from lolcats_core.training.blockwise import blockwise_attention_transfer  # noqa: E402
+from lolcats_core.training.blockwise import blockwise_attention_transfer, layer_block  # noqa: E402
 from lolcats_core.training.data_parallel import data_parallel_lora_adjust  # noqa: E402
 from lolcats_core.training.execution import stage2_execution  # noqa: E402
 from lolcats_core.training.sharded import sharded_lora_adjust  # noqa: E402
+from lolcats_core.weights import empty_model  # noqa: E402
 
 # Dense bf16 tensor-core peak (TFLOP/s, no sparsity) by a substring of torch.cuda.get_device_name();
 # the first match wins (more specific names first).
@@ -243,9 +250,59 @@ def build(hf_cfg, lin: LinearizeConfig, device: torch.device, dtype, seed: int):
     """The random model, created on `device` in `dtype` (its default init runs there), linearized."""
     torch.manual_seed(seed)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(copy.deepcopy(hf_cfg), dtype=dtype)  # linearize marks it
     linearize(model, lin)
     return model
+
+
+def _random_init(module: torch.nn.Module, std: float) -> None:
+    """Weights of a module materialised from the meta device: matrices N(0, std), norm weights
+    1, biases 0 (the model's default init)."""
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, std)
+            elif name.endswith("bias"):
+                p.zero_()
+            else:
+                p.fill_(1.0)
+
+
+def build_rank_block(hf_cfg, lin: LinearizeConfig, ranks: Ranks, dtype, seed: int):
+    """Stage 1 under torchrun: the model on the meta device but for this rank's block of decoder
+    layers and, on the first block, the embeddings, created with random weights on the host
+    (what `load_rank_block` reads from the weight files), linearized."""
+    model = empty_model(copy.deepcopy(hf_cfg), dtype)
+    n = hf_cfg.num_hidden_layers
+    block = layer_block(n, set(range(n)) - set(lin.softmax_layer_indices(n)), ranks)
+    inner = base_model(model).model
+    torch.manual_seed(seed + ranks.rank)
+    for part in [*inner.layers[block.start:block.stop], *([inner.embed_tokens] if block.start == 0 else [])]:
+        part.to_empty(device="cpu")
+        _random_init(part, hf_cfg.initializer_range)
+    linearize(model, lin)
+    return model
+
+
+def build_sharded(hf_cfg, lin: LinearizeConfig, ranks: Ranks, dtype, seed: int):
+    """Stage 2 with FSDP2: the whole random model on rank 0's host, the structure alone on the
+    meta device elsewhere (`sharded_lora_adjust` broadcasts rank 0's weights shard by shard)."""
+    if ranks.is_main:
+        return build(hf_cfg, lin, torch.device("cpu"), dtype, seed)
+    model = empty_model(copy.deepcopy(hf_cfg), dtype)
+    linearize(model, lin)
+    for attention in linearized_attentions(model):
+        attention.to("meta")  # the feature maps too: rank 0 has their values
+    return model
+
+
+def build_for_stage(number: int, hf_cfg, lin: LinearizeConfig, args, ranks: Ranks | None, device, dtype):
+    """The model stage `number` starts from on this rank (module docstring)."""
+    if ranks is None or (number == 2 and args.parallel == "ddp"):
+        return build(hf_cfg, lin, device, dtype, args.seed)
+    if number == 1:
+        return build_rank_block(hf_cfg, lin, ranks, dtype, args.seed)
+    return build_sharded(hf_cfg, lin, ranks, dtype, args.seed)
 
 
 def _sizes(args, stage: StageConfig, seq_len: int) -> tuple[int, int, int]:
@@ -253,6 +310,13 @@ def _sizes(args, stage: StageConfig, seq_len: int) -> tuple[int, int, int]:
     mb = args.micro_batch or tiny.get("micro_batch") or stage.batch_size
     accum = args.grad_accum or tiny.get("grad_accum") or stage.train.grad_accum
     return mb, args.seq_len or tiny.get("seq_len") or seq_len, accum
+
+
+def _free(device: torch.device) -> None:
+    """Return the memory of a dropped model (host and GPU) before the next one is built."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def _reset_memory(device: torch.device) -> None:
@@ -386,16 +450,23 @@ def run(args) -> dict:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)  # the dispatcher's fallback warnings
-            # fsdp: built on the host; stage 1 moves each rank's block, stage 2 shards the rest
-            model = build(hf_cfg, lin, torch.device("cpu") if args.parallel == "fsdp" else device, dtype, args.seed)
-            n_lin = len(linearized_attentions(model))
-            lora_params = lora_parameter_count(model, cfg.stage2.lora)
-            loaded_bytes = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
-            records = {}
+            structure = empty_model(copy.deepcopy(hf_cfg), dtype)
+            linearize(structure, lin)
+            n_lin = len(linearized_attentions(structure))
+            lora_params = lora_parameter_count(structure, cfg.stage2.lora)
+            records, model, loaded_bytes = {}, None, None
             with shared_work(args.work, ranks) as work:
                 for number in stages:
+                    if model is None or ranks is not None:  # one process: both stages on one model
+                        model = None
+                        _free(device)
+                        model = build_for_stage(number, hf_cfg, lin, args, ranks, device, dtype)
+                        if loaded_bytes is None and device.type == "cuda":
+                            loaded_bytes = torch.cuda.memory_allocated(device)
+                    built = _gathered(sum(p.numel() for p in model.parameters() if not p.is_meta), ranks)
                     model, records[str(number)] = run_stage(number, model, args, cfg, shape["vocab"], device,
                                                             work, ranks)
+                    records[str(number)]["built_parameters_per_rank"] = built
     finally:
         if kernels_env is None:
             os.environ.pop("LOLCATS_KERNELS", None)

@@ -78,9 +78,12 @@ def test_peak_table():
 
 
 @pytest.mark.slow
-def test_rehearsal_under_torchrun_reports_the_whole_job(tmp_path):
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_rehearsal_under_torchrun_reports_the_whole_job(tmp_path, parallel):
     """2 gloo ranks: stage 1 block-wise (the same step), stage 2 data parallel (twice the
-    tokens per step); one record from rank 0 with every rank's peak."""
+    tokens per step); one record from rank 0 with every rank's peak. Each rank builds only
+    what its stage needs: its block for stage 1; for stage 2 everything (ddp) or, sharded,
+    everything on rank 0 and nothing elsewhere."""
     import os
     import subprocess
 
@@ -89,11 +92,11 @@ def test_rehearsal_under_torchrun_reports_the_whole_job(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29531",
            str(root / "benchmarks" / "scale.py"), "--model", "llama3-8b", "--device", "cpu", "--tiny",
            "--seq-len", "72", "--micro-batch", "1", "--grad-accum", "2", "--steps", "1", "--warmup", "0",
-           "--work", str(tmp_path), "--out", str(tmp_path / "out")]
+           "--work", str(tmp_path), "--out", str(tmp_path / "out"), "--parallel", parallel]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "out" / "scale-llama3-8b-tiny.json").read_text())
-    assert res["ranks"] == 2 and res["stage2_parallel"] == "ddp"
+    assert res["ranks"] == 2 and res["stage2_parallel"] == parallel
     one, two = res["stages"]["1"], res["stages"]["2"]
     assert one["tokens_per_step"] == 72 * 2 and two["tokens_per_step"] == 72 * 2 * 2
     assert two["budget_steps"] == 20_000_000 // (72 * 4)
@@ -101,5 +104,9 @@ def test_rehearsal_under_torchrun_reports_the_whole_job(tmp_path):
     for r in (one, two):  # the job's FLOPs over its 2 GPUs
         assert r["achieved_tflops_per_gpu"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"] / 2 / 1e12)
     assert len(two["peak_gpu_memory_bytes_per_rank"]) == 2
-    assert "2 ranks (stage 2 ddp)" in (tmp_path / "out" / "scale-llama3-8b-tiny.md").read_text()
+    assert f"2 ranks (stage 2 {parallel})" in (tmp_path / "out" / "scale-llama3-8b-tiny.md").read_text()
+    block = one["built_parameters_per_rank"]  # a layer each, the embeddings on rank 0 only
+    assert block[0] > block[1] > 0 and sum(block) < 1.2 * res["parameters"]
+    full = two["built_parameters_per_rank"]
+    assert full == ([full[0], full[0]] if parallel == "ddp" else [full[0], 0]) and full[0] > res["parameters"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the shared work folder is gone
