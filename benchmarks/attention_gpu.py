@@ -235,7 +235,9 @@ def run(out_dir: str, lengths: list[int], parts: list[str], batches_8b: list[int
 
 
 def kernel_ms(fn, reps: int = 20) -> dict[str, float]:
-    """{kernel name: mean GPU ms per call of fn} from torch.profiler over `reps` calls."""
+    """{kernel name: mean GPU ms per call of fn} from torch.profiler over `reps` calls: our
+    Triton kernels by name (they start with "_"), every other GPU kernel (torch's sums, casts,
+    copies between them) together as "torch"."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -244,14 +246,19 @@ def kernel_ms(fn, reps: int = 20) -> dict[str, float]:
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
-    return {e.key: e.device_time_total / 1e3 / reps for e in prof.key_averages()
-            if e.device_time_total > 0 and e.key.startswith("_")}
+    times: dict[str, float] = {}
+    for e in prof.key_averages():
+        if e.device_time_total > 0:
+            name = e.key if e.key.startswith("_") else "torch"
+            times[name] = times.get(name, 0.0) + e.device_time_total / 1e3 / reps
+    return times
 
 
 def sweep(T: int = 16384) -> None:
     """GPU time of each kernel of one forward/backward (B=1, 32 heads, head dim 128, features
-    128) under several block lengths and launch configurations: where the time goes, and the
-    best (num_warps, num_stages) for each kernel."""
+    128, key feature maps per query head as in the timed rows and the default model) under
+    several block lengths and launch configurations: where the time goes, and the best
+    (num_warps, num_stages) for each kernel."""
     from lolcats_kernels.hybrid_attention.triton_bwd import attention_bwd
     from lolcats_kernels.hybrid_attention.triton_function import window_blocks
     from lolcats_kernels.hybrid_attention.triton_fwd import attention_fwd
@@ -261,14 +268,14 @@ def sweep(T: int = 16384) -> None:
     q = torch.randn(B, H, T, D, device=dev, dtype=dt)
     k, v = (torch.randn(B, HKV, T, D, device=dev, dtype=dt) for _ in range(2))
     qf = torch.rand(B, H, T, F, device=dev, dtype=dt) / F
-    kf = torch.rand(B, HKV, T, F, device=dev, dtype=dt) / F
+    kf = torch.rand(B, H, T, F, device=dev, dtype=dt) / F
     g = torch.full((H,), 0.1, device=dev)
     do = torch.randn_like(q)
     scale = D**-0.5
     print(f"sweep T={T}: GPU ms per kernel")
     for chunk, split in ((64, 1), (64, 2), (32, 1)):  # split: dk/dv key tiles of chunk / split keys
         delta = window_blocks(WINDOW, chunk)
-        h, z = state_fwd(kf, v, None, HKV, delta, chunk)
+        h, z = state_fwd(kf, v, None, HKV, delta, chunk)  # kf: (B, H, T, F), v: (B, HKV, T, D)
         for warps, stages in ((4, 1), (4, 2), (4, 3), (8, 1), (8, 2), (8, 3)):
             def fwd():
                 return attention_fwd(q, k, v, qf, kf, g, h, z, None, WINDOW, True, scale, delta, chunk,
@@ -278,7 +285,7 @@ def sweep(T: int = 16384) -> None:
 
             def bwd():
                 return attention_bwd(q, k, v, qf, kf, g, h, z, o, do, cs, inv, lin_e, None,
-                                     lambda d: state_bwd(qf, do, lin_e, inv, d, HKV, delta, chunk),
+                                     lambda d: state_bwd(qf, do, lin_e, inv, d, H, delta, chunk),
                                      WINDOW, True, scale, delta, chunk, dq_launch=(warps, stages),
                                      dkv_launch=(warps, stages), dkv_split=split)
             try:
