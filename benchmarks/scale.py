@@ -86,7 +86,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from lolcats_core.config import LinearizeConfig  # noqa: E402
-from lolcats_core.convert import base_model, linearize, linearized_attentions  # noqa: E402
+from lolcats_core.convert import linearize, linearized_attentions  # noqa: E402
 from lolcats_core.distributed import Ranks, join_process_group, torchrun_ranks  # noqa: E402
 from lolcats_core.errors import ConfigError  # noqa: E402
 from lolcats_core.lora import add_lora, lora_parameter_count  # noqa: E402
@@ -94,7 +94,7 @@ from lolcats_core.memory import fit_run_config  # noqa: E402
 from lolcats_core.presets import PRESETS, model_config  # noqa: E402
 from lolcats_core.run_config import RunConfig, StageConfig, load_run_config  # noqa: E402
 from lolcats_core.training import attention_transfer, lora_adjust  # noqa: E402
-from lolcats_core.training.blockwise import blockwise_attention_transfer, layer_block  # noqa: E402
+from lolcats_core.training.blockwise import block_parts, blockwise_attention_transfer  # noqa: E402
 from lolcats_core.training.data_parallel import data_parallel_lora_adjust  # noqa: E402
 from lolcats_core.training.execution import stage2_execution  # noqa: E402
 from lolcats_core.training.sharded import sharded_lora_adjust  # noqa: E402
@@ -255,6 +255,12 @@ def build(hf_cfg, lin: LinearizeConfig, device: torch.device, dtype, seed: int):
     return model
 
 
+def _empty(hf_cfg, dtype):
+    """The model of `hf_cfg` on the meta device (`weights.empty_model`), on a copy of the config,
+    which `linearize` marks."""
+    return empty_model(copy.deepcopy(hf_cfg), dtype)
+
+
 def _random_init(module: torch.nn.Module, std: float) -> None:
     """Weights of a module materialised from the meta device: matrices N(0, std), norm weights
     1, biases 0 (the model's default init)."""
@@ -272,12 +278,9 @@ def build_rank_block(hf_cfg, lin: LinearizeConfig, ranks: Ranks, dtype, seed: in
     """Stage 1 under torchrun: the model on the meta device but for this rank's block of decoder
     layers and, on the first block, the embeddings, created with random weights on the host
     (what `load_rank_block` reads from the weight files), linearized."""
-    model = empty_model(copy.deepcopy(hf_cfg), dtype)
-    n = hf_cfg.num_hidden_layers
-    block = layer_block(n, set(range(n)) - set(lin.softmax_layer_indices(n)), ranks)
-    inner = base_model(model).model
+    model = _empty(hf_cfg, dtype)
     torch.manual_seed(seed + ranks.rank)
-    for part in [*inner.layers[block.start:block.stop], *([inner.embed_tokens] if block.start == 0 else [])]:
+    for part in block_parts(model, lin, ranks):
         part.to_empty(device="cpu")
         _random_init(part, hf_cfg.initializer_range)
     linearize(model, lin)
@@ -289,7 +292,7 @@ def build_sharded(hf_cfg, lin: LinearizeConfig, ranks: Ranks, dtype, seed: int):
     meta device elsewhere (`sharded_lora_adjust` broadcasts rank 0's weights shard by shard)."""
     if ranks.is_main:
         return build(hf_cfg, lin, torch.device("cpu"), dtype, seed)
-    model = empty_model(copy.deepcopy(hf_cfg), dtype)
+    model = _empty(hf_cfg, dtype)
     linearize(model, lin)
     for attention in linearized_attentions(model):
         attention.to("meta")  # the feature maps too: rank 0 has their values
@@ -450,7 +453,7 @@ def run(args) -> dict:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", RuntimeWarning)  # the dispatcher's fallback warnings
-            structure = empty_model(copy.deepcopy(hf_cfg), dtype)
+            structure = _empty(hf_cfg, dtype)
             linearize(structure, lin)
             n_lin = len(linearized_attentions(structure))
             lora_params = lora_parameter_count(structure, cfg.stage2.lora)

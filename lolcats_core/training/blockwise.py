@@ -83,12 +83,17 @@ def load_rank_block(name_or_path: str, lin: LinearizeConfig, ranks: Ranks, dtype
     Returns (model, tokenizer, BaseModelRef) as `load_base_model`.
     """
     model, tokenizer, ref = load_base_model(name_or_path, dtype=dtype, device="meta", ref=ref)
+    load_parts(model, base_weights_dir(name_or_path), block_parts(model, lin, ranks), dtype)
+    return model, tokenizer, ref
+
+
+def block_parts(model: nn.Module, lin: LinearizeConfig, ranks: Ranks) -> list[nn.Module]:
+    """The modules of a base model (to linearize with `lin`) that rank's block needs: its
+    decoder layers and, for the first block, the token embeddings."""
     num_layers = len(decoder_layers(model))
     block = layer_block(num_layers, set(range(num_layers)) - set(lin.softmax_layer_indices(num_layers)), ranks)
     inner = base_model(model).model
-    parts = [*inner.layers[block.start:block.stop], *([inner.embed_tokens] if block.start == 0 else [])]
-    load_parts(model, base_weights_dir(name_or_path), parts, dtype)
-    return model, tokenizer, ref
+    return [*inner.layers[block.start:block.stop], *([inner.embed_tokens] if block.start == 0 else [])]
 
 
 class PassThrough(nn.Module):
